@@ -1,0 +1,153 @@
+"""Kernel diagnostics: a real 50-layer TReLU MLP at initialization against the C-map prediction."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tat_ext.data import per_location_normalization
+from tat_ext.diagnostics import measure_kernel, predicted_cosine
+from tat_ext.init import tat_init_
+from tat_ext.transform import solve_trelu
+
+DEPTH, WIDTH, PAIRS, ETA = 50, 1024, 8, 0.9
+
+
+class _TReLU(nn.Module):
+    """scale · LReLU_slope in plain torch, independent of the package's fused op."""
+
+    def __init__(self, slope: float) -> None:
+        super().__init__()
+        self.slope = slope
+        self.scale = math.sqrt(2.0 / (1.0 + slope**2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.leaky_relu(x, self.slope)
+
+
+@pytest.fixture(scope="module")
+def deep_trace():
+    slope = solve_trelu(DEPTH, eta=ETA).slope
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(DEPTH):
+        layers += [nn.Linear(WIDTH, WIDTH), _TReLU(slope)]
+    model = tat_init_(nn.Sequential(*layers))
+    x_a, x_b = torch.randn(2, PAIRS, WIDTH)
+    # Gram-Schmidt: each x_b[i] orthogonal to x_a[i]; then PLN makes q = 1 (one location, no homog coord).
+    x_b = x_b - (x_a * x_b).sum(1, keepdim=True) / x_a.square().sum(1, keepdim=True) * x_a
+    x_a, x_b = (per_location_normalization(x, homog_mode="off") for x in (x_a, x_b))
+    return slope, model, measure_kernel(model, x_a, x_b)
+
+
+def test_output_cosine_matches_prediction(deep_trace):
+    slope, _, trace = deep_trace
+    assert predicted_cosine(0.0, slope, DEPTH) == pytest.approx(ETA, abs=1e-9)
+    torch.testing.assert_close(trace.input_cosine, torch.zeros(PAIRS, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(trace.q_a[0], torch.ones(PAIRS, dtype=torch.float64), rtol=0, atol=1e-6)
+    # Finite width (1024) adds O(1/sqrt(width)) noise per layer: the pair average is the statistic
+    # the issue bounds by 0.03; single pairs spread about twice as wide.
+    gap = trace.cosine_gap(slope, DEPTH)
+    assert abs(gap.mean().item()) < 0.03, trace.output_cosine
+    assert gap.abs().max().item() < 0.06, trace.output_cosine
+    # The cosine climbs monotonically in expectation from 0 to 0.9 through the activations.
+    act_cos = trace.cosine[2:-1:2].mean(1)
+    predicted = torch.tensor([predicted_cosine(0.0, slope, k) for k in range(1, DEPTH + 1)], dtype=torch.float64)
+    assert (act_cos - predicted).abs().max().item() < 0.05
+
+
+def test_q_trace_stays_near_one(deep_trace):
+    _, _, trace = deep_trace
+    assert trace.names[0] == "(input)" and trace.names[-1] == "(output)"
+    assert trace.names[1:-1] == tuple(str(i) for i in range(2 * DEPTH))
+    q = torch.stack([trace.q_a, trace.q_b])  # [2, rows, pairs]
+    # Square orthogonal layers with zero bias preserve q exactly: each Linear row equals the row before.
+    torch.testing.assert_close(q[:, 1:-1:2], q[:, 0:-2:2], rtol=1e-4, atol=0)
+    # Each TReLU preserves q in expectation (Q(q) = q): the mean per-layer ratio is 1 up to
+    # ~0.037/sqrt(50) noise, while a 1% error in the scale would move it by 0.02.
+    ratios = q[:, 2:-1:2] / q[:, 1:-2:2]
+    assert abs(ratios.mean().item() - 1.0) < 0.015
+    # Individual q values random-walk (per-layer relative std ~0.037, ~0.26 after 50 layers in log q).
+    assert q.min().item() > 1 / 3 and q.max().item() < 3
+
+
+def test_predicted_cosine():
+    slope = 0.3
+    assert predicted_cosine(0.25, slope, 0) == 0.25
+    # C_α(0) = (1-α)²/(π(1+α²)) and C_α(1) = 1 (REFERENCE.md).
+    assert predicted_cosine(0.0, slope, 1) == pytest.approx((1 - slope) ** 2 / (math.pi * (1 + slope**2)), abs=1e-15)
+    assert predicted_cosine(1.0, slope, 10) == pytest.approx(1.0, abs=1e-15)
+    # Two layers: C(C(c)) for c = 0.5 by the closed form written out here.
+    k = (1 - slope) ** 2 / (math.pi * (1 + slope**2))
+    c = 0.5
+    for _ in range(2):
+        c = c + k * (math.sqrt(1 - c * c) - c * math.acos(c))
+    assert predicted_cosine(0.5, slope, 2) == pytest.approx(c, abs=1e-15)
+    # Tensors in, float64 tensors out; rounding just above 1 is tolerated.
+    out = predicted_cosine(torch.tensor([0.0, 0.5, 1.0 + 1e-12], dtype=torch.float64), slope, 2)
+    assert out.dtype == torch.float64 and out.shape == (3,)
+    assert out[1].item() == pytest.approx(c, abs=1e-7)
+    with pytest.raises(ValueError, match="depth"):
+        predicted_cosine(0.0, slope, -1)
+    with pytest.raises(ValueError, match="slope"):
+        predicted_cosine(0.0, 1.0, 3)
+    with pytest.raises(ValueError, match="c_in"):
+        predicted_cosine(1.5, slope, 3)
+
+
+def _small_model() -> nn.Module:
+    torch.manual_seed(5)
+    return tat_init_(nn.Sequential(nn.Linear(16, 32), _TReLU(0.5), nn.Sequential(nn.Linear(32, 32), _TReLU(0.5))))
+
+
+def test_module_selection_and_hooks_removed():
+    model = _small_model()
+    x_a, x_b = torch.randn(2, 3, 16)
+    default = measure_kernel(model, x_a, x_b)
+    assert default.names == ("(input)", "0", "1", "2.0", "2.1", "(output)")
+    assert default.q_a.shape == default.q_b.shape == default.cosine.shape == (6, 3)
+    chosen = measure_kernel(model, x_a, x_b, modules=["1", model[2][1]])
+    assert chosen.names == ("(input)", "1", "2.1", "(output)")
+    torch.testing.assert_close(chosen.cosine[1], default.cosine[2])
+    # Independent check of one row: q and cosine of the first activation computed directly.
+    with torch.no_grad():
+        h_a, h_b = model[1](model[0](x_a)), model[1](model[0](x_b))
+    torch.testing.assert_close(chosen.q_a[1], h_a.double().square().mean(1))
+    torch.testing.assert_close(chosen.cosine[1], F.cosine_similarity(h_a, h_b, dim=1).double(), rtol=1e-5, atol=1e-6)
+    assert all(not m._forward_hooks for m in model.modules())
+    assert "2.1" in chosen.table() and len(chosen.table().splitlines()) == 5
+
+
+def test_identical_inputs_keep_cosine_one():
+    model = _small_model()
+    x = torch.randn(4, 16)
+    trace = measure_kernel(model, x, x.clone())
+    torch.testing.assert_close(trace.cosine, torch.ones_like(trace.cosine))
+    assert trace.cosine_gap(0.5, 2).abs().max().item() < 1e-6
+
+
+def test_errors_and_hook_cleanup():
+    model = _small_model()
+    x = torch.randn(2, 16)
+    with pytest.raises(ValueError, match="'nope'"):
+        measure_kernel(model, x, x, modules=["nope"])
+    with pytest.raises(ValueError, match="not part of the model"):
+        measure_kernel(model, x, x, modules=[nn.ReLU()])
+    with pytest.raises(TypeError, match="modules"):
+        measure_kernel(model, x, x, modules=[3])
+    with pytest.raises(ValueError, match="same shape"):
+        measure_kernel(model, x, torch.randn(3, 16))
+    with pytest.raises(TypeError, match="x_a"):
+        measure_kernel(model, torch.ones(2, 16, dtype=torch.int64), x)
+
+    class Pair(nn.Module):
+        def forward(self, h):
+            return h, h
+
+    bad = nn.Sequential(Pair())
+    with pytest.raises(TypeError, match="model must return"):
+        measure_kernel(bad, x, x)
+    with pytest.raises(TypeError, match="'0'"):
+        measure_kernel(bad, x, x, modules=["0"])
+    assert not bad[0]._forward_hooks
