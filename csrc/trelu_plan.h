@@ -1,0 +1,59 @@
+// Host-side argument checking and launch planning for the trelu ops, shared by the CPU and CUDA
+// backends: both see a dense tensor as a flat buffer whose channel at memory offset i is
+// (i / inner) % channels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+#include "trelu_math.h"
+
+namespace tat_ext {
+
+// What forward keeps for backward (mirrors tat_ext/ops.py SAVE_KINDS).
+enum class SaveKind : int64_t { Input = 0, Output = 1, Mask = 2 };
+
+struct ChannelLayout {
+  int64_t numel;
+  int64_t channels;  // 1 when there is no bias
+  int64_t inner;     // distance in memory between consecutive channels
+};
+
+struct ForwardPlan {
+  at::Tensor x;      // dense (non-overlapping) view or copy of the input
+  at::Tensor y;      // output, same strides as x
+  at::Tensor mask;   // packed sign bits (save="mask"), else empty
+  at::Tensor b_eff;  // bias + in_shift in the accumulation dtype, `channels` values
+  ChannelLayout layout;
+};
+
+struct BackwardPlan {
+  at::Tensor grad_y;     // dense, same strides as the saved tensor
+  at::Tensor saved;      // x, y or the mask
+  at::Tensor grad_x;     // output, strides of grad_y
+  at::Tensor b_eff;      // defined only for SaveKind::Input
+  bool want_bias_grad;
+  at::ScalarType bias_grad_dtype;
+  ChannelLayout layout;
+  SaveKind kind;
+};
+
+ForwardPlan plan_forward(const at::Tensor& x, const c10::optional<at::Tensor>& bias, double slope,
+                         double scale, double in_shift, double out_shift, int64_t channel_dim,
+                         int64_t save_kind);
+
+BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
+                           const c10::optional<at::Tensor>& bias, int64_t save_kind, double slope,
+                           double scale, double in_shift, double out_shift, int64_t channel_dim,
+                           c10::optional<at::ScalarType> bias_grad_dtype);
+
+// Size in bytes of the packed mask for n elements (whole 32-bit words).
+int64_t mask_bytes(int64_t numel);
+
+// The accumulation-type coefficients for a tensor of dtype `dtype`.
+template <typename acc_t>
+TReluCoeffs<acc_t> make_coeffs(at::ScalarType dtype, double slope, double scale, double out_shift);
+
+}  // namespace tat_ext

@@ -1,0 +1,98 @@
+"""Build of the tat_ext._C extension (C++ always, CUDA on request).
+
+Build with `pip install --no-build-isolation -e .` so the extension is compiled against the torch
+that is already installed. Environment switches:
+
+  TAT_EXT_CUDA=auto|1|0   compile csrc/cuda/*.cu: `auto` (default) when torch is a CUDA build and
+                          nvcc is found, `1` always (fails without nvcc), `0` never.
+  TORCH_CUDA_ARCH_LIST    GPU targets; default "9.0+PTX" (sm_90 code for H100/H200, plus PTX
+                          that newer GPUs JIT-compile).
+  TAT_EXT_MARCH           optional -march value for the CPU code (e.g. "native"); default: the
+                          compiler's portable baseline.
+  TAT_EXT_DEBUG=1         -O0 -g instead of -O3 -g0.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "9.0+PTX"
+
+
+def _nvcc_home() -> str | None:
+    """The CUDA toolkit root, from CUDA_HOME or the nvcc on PATH (resolving wrapper scripts)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home
+    for candidate in ("/usr/local/cuda",):
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+
+
+def _want_cuda() -> bool:
+    mode = os.environ.get("TAT_EXT_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"TAT_EXT_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return False
+    home = _nvcc_home()
+    if mode == "1":
+        if torch.version.cuda is None:
+            raise SystemExit("TAT_EXT_CUDA=1 but the installed torch is a CPU-only build")
+        if home is None:
+            raise SystemExit("TAT_EXT_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+    if torch.version.cuda is None or home is None:
+        return False
+    # torch.utils.cpp_extension reads CUDA_HOME at import time and may have guessed a wrong
+    # root (e.g. /usr/local for a wrapper script at /usr/local/bin/nvcc): point it at the real one.
+    os.environ["CUDA_HOME"] = home
+    import torch.utils.cpp_extension as cpp_ext
+
+    cpp_ext.CUDA_HOME = home
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    return True
+
+
+def _extension():
+    debug = os.environ.get("TAT_EXT_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]
+    # -ffp-contract=off: no fused multiply-adds on the CPU, so kernels match the reference bit
+    # for bit in fp32; -fopenmp: at::parallel_for is single-threaded without it.
+    cxx = opt + ["-fopenmp", "-ffp-contract=off"]  # the C++ standard is torch's choice
+    march = os.environ.get("TAT_EXT_MARCH")
+    if march:
+        cxx.append(f"-march={march}")
+    sources = [
+        "csrc/module.cpp",
+        "csrc/ops.cpp",
+        "csrc/trelu_plan.cpp",
+        *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT)),
+    ]
+    kwargs = dict(
+        name="tat_ext._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+    )
+    if _want_cuda():
+        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
+        nvcc = (["-O0", "-g", "-G"] if debug else ["-O3"]) + ["-lineinfo"]
+        return CUDAExtension(
+            sources=sources + cuda_sources,
+            define_macros=[("TAT_EXT_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            **kwargs,
+        )
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

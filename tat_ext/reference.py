@@ -1,0 +1,58 @@
+"""Pure-PyTorch reference of the fused transformed Leaky ReLU.
+
+Same signature and semantics as :func:`tat_ext.trelu`, built from plain PyTorch ops (autograd
+gives its backward). Every kernel is tested against it, and it is the fallback when the compiled
+extension is unavailable. It rounds exactly like the kernels: the bias plus in_shift and the
+pre-activation are computed in float32 (float64 for float64 inputs) and y is rounded once.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tat_ext._checks import check_all
+
+__all__ = ["trelu", "accumulation_dtype"]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: float64 for float64 tensors, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def trelu(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    slope: float,
+    scale: float = 1.0,
+    in_shift: float = 0.0,
+    out_shift: float = 0.0,
+    channel_dim: int = 1,
+    save: str = "auto",
+) -> torch.Tensor:
+    """y = scale·(LReLU(x + bias[c] + in_shift; slope) + out_shift), in plain PyTorch.
+
+    `save` is validated like the fused op's but has no effect here (autograd keeps what it needs).
+    """
+    slope, scale, in_shift, out_shift, channel_dim, _ = check_all(
+        x, bias, slope, scale, in_shift, out_shift, channel_dim, save
+    )
+    acc = accumulation_dtype(x.dtype)
+    if bias is None:
+        z = x.to(acc) + in_shift
+    else:
+        shape = [1] * x.dim()
+        shape[channel_dim] = -1
+        z = x.to(acc) + (bias.to(acc) + in_shift).view(shape)
+    positive = z > 0
+    # LReLU via where: the gradient at z == 0 takes the negative branch (slope), as in PyTorch.
+    y = scale * (torch.where(positive, z, slope * z) + out_shift)
+    if out_shift == 0.0 and scale > 0.0:
+        # A positive pre-activation never rounds to y == 0 (see trelu_math.h): lift it to the
+        # output dtype's smallest positive value, with a straight-through gradient.
+        info = torch.finfo(x.dtype)
+        floor = info.smallest_normal * info.eps  # smallest positive subnormal, e.g. 2**-24 in fp16
+        y = y + (torch.where(positive, y.clamp_min(floor), y) - y).detach()
+    return y.to(x.dtype)
