@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates ./.venv (if missing) with tat_ext's dependencies and builds the extension in place.
+#
+#   TAT_EXT_CUDA   auto (default: CUDA kernels when torch is a CUDA build and nvcc exists) | 1 | 0
+#   PYTHON         interpreter for the venv (default: python3)
+#   TAT_EXT_VENV   venv path (default: ./.venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${TAT_EXT_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv"
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+py="$venv/bin/python"
+# A new venv's pip (23.x) cannot do editable builds without isolation against current setuptools.
+"$py" -m pip install -q --disable-pip-version-check -U pip
+echo "== installing dependencies"
+"$py" -m pip install -q --disable-pip-version-check -r requirements.txt
+
+# torch's guess of the CUDA root is wrong when nvcc is a wrapper script (BUILD_NOTES.md).
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
+if [ -n "${CUDA_HOME:-}" ]; then
+  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0+PTX}"
+fi
+echo "== building tat_ext (TAT_EXT_CUDA=${TAT_EXT_CUDA:-auto})"
+# One build at a time in this checkout: concurrent builds would overwrite each other's objects.
+flock .build.lock "$py" -m pip install -q --disable-pip-version-check --no-build-isolation -e .
+"$py" -c "import tat_ext._C as c; print(f'== built: cuda kernels={c.with_cuda}, openmp={c.with_openmp}')"
