@@ -33,7 +33,14 @@ def deep_trace():
     layers = []
     for _ in range(DEPTH):
         layers += [nn.Linear(WIDTH, WIDTH), _TReLU(slope)]
-    model = tat_init_(nn.Sequential(*layers))
+    # 50 QRs of 1024x1024 dominate this test; multi-threaded LAPACK slows them ~6x when the few CPU
+    # cores are shared with other jobs, so draw them single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = tat_init_(nn.Sequential(*layers))
+    finally:
+        torch.set_num_threads(threads)
     x_a, x_b = torch.randn(2, PAIRS, WIDTH)
     # Gram-Schmidt: each x_b[i] orthogonal to x_a[i]; then PLN makes q = 1 (one location, no homog coord).
     x_b = x_b - (x_a * x_b).sum(1, keepdim=True) / x_a.square().sum(1, keepdim=True) * x_a
@@ -47,7 +54,8 @@ def test_output_cosine_matches_prediction(deep_trace):
     torch.testing.assert_close(trace.input_cosine, torch.zeros(PAIRS, dtype=torch.float64), rtol=0, atol=1e-6)
     torch.testing.assert_close(trace.q_a[0], torch.ones(PAIRS, dtype=torch.float64), rtol=0, atol=1e-6)
     # Finite width (1024) adds O(1/sqrt(width)) noise per layer: the pair average is the statistic
-    # the issue bounds by 0.03; single pairs spread about twice as wide.
+    # the issue bounds by 0.03 (it is -0.015 for this seed; std ~0.013 over seeds, mostly from the
+    # shared weights); single pairs spread about twice as wide.
     gap = trace.cosine_gap(slope, DEPTH)
     assert abs(gap.mean().item()) < 0.03, trace.output_cosine
     assert gap.abs().max().item() < 0.06, trace.output_cosine
@@ -64,10 +72,11 @@ def test_q_trace_stays_near_one(deep_trace):
     q = torch.stack([trace.q_a, trace.q_b])  # [2, rows, pairs]
     # Square orthogonal layers with zero bias preserve q exactly: each Linear row equals the row before.
     torch.testing.assert_close(q[:, 1:-1:2], q[:, 0:-2:2], rtol=1e-4, atol=0)
-    # Each TReLU preserves q in expectation (Q(q) = q): the mean per-layer ratio is 1 up to
-    # ~0.037/sqrt(50) noise, while a 1% error in the scale would move it by 0.02.
+    # Each TReLU preserves q in expectation (Q(q) = q): per layer and example the ratio has std ~0.04
+    # at width 1024, and its mean over the 50 layers and 16 examples is 1 to within ~0.007 (0.994 for
+    # this seed), while a 2% error in the scale would move it by 0.04.
     ratios = q[:, 2:-1:2] / q[:, 1:-2:2]
-    assert abs(ratios.mean().item() - 1.0) < 0.015
+    assert abs(ratios.mean().item() - 1.0) < 0.02
     # Individual q values random-walk (per-layer relative std ~0.037, ~0.26 after 50 layers in log q).
     assert q.min().item() > 1 / 3 and q.max().item() < 3
 

@@ -85,8 +85,16 @@ def test_sample_is_haar_not_raw_qr():
     # column uniform on the sphere, so E[W00] = 0 and E[W00^2] = 1/n.
     gen = torch.Generator().manual_seed(3)
     n, draws = 4, 2000
-    tall = torch.stack([scaled_uniform_orthogonal_(torch.empty(n, n), generator=gen)[0, 0] for _ in range(draws)])
-    wide = torch.stack([scaled_uniform_orthogonal_(torch.empty(n, 2 * n), generator=gen)[-1, -1] for _ in range(draws)])
+    # Thousands of tiny QRs: multi-threaded LAPACK costs ~100x more per call on shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tall = torch.stack([scaled_uniform_orthogonal_(torch.empty(n, n), generator=gen)[0, 0] for _ in range(draws)])
+        wide = torch.stack(
+            [scaled_uniform_orthogonal_(torch.empty(n, 2 * n), generator=gen)[-1, -1] for _ in range(draws)]
+        )
+    finally:
+        torch.set_num_threads(threads)
     for sample, var in ((tall, 1 / n), (wide, 1 / (2 * n))):
         assert abs(sample.mean().item()) < 5 * math.sqrt(var / draws)
         assert abs(sample.square().mean().item() - var) < 0.15 * var
