@@ -11,6 +11,7 @@
 #include "../trelu_plan.h"
 #include "acc_io.h"
 #include "channel_runs.h"
+#include "mask_bits.h"
 #include "vec_ops.h"
 
 namespace tat_ext::cpu {
@@ -25,7 +26,7 @@ struct ForwardRuns {
 
   const scalar_t* x;
   scalar_t* y;
-  uint8_t* mask;  // null unless save="mask"
+  uint32_t* mask;  // null unless save="mask"
   const RunPlan<acc_t>& runs;
   TReluCoeffs<acc_t> k;
 
@@ -37,21 +38,20 @@ struct ForwardRuns {
     for (; j + IO::kWidth <= n; j += IO::kWidth) {
       Vec v[IO::kParts];
       IO::load(xi + j, v);
+      uint64_t bits = 0;
       for (int p = 0; p < IO::kParts; ++p) {
         const Vec bias = kConstBias ? Vec(b[0]) : Vec::loadu(b + j + p * Vec::size());
-        v[p] = trelu_value(v[p] + bias, k);
+        const Vec z = v[p] + bias;
+        if (mask != nullptr) bits |= lane_bits(tat_positive(z)) << (p * Vec::size());
+        v[p] = trelu_value(z, k);
       }
       IO::store(yi + j, v);
+      if (bits != 0) or_bits(mask, i + j, bits);
     }
     for (; j < n; ++j) {
-      yi[j] = static_cast<scalar_t>(trelu_value(acc_t(xi[j]) + b[kConstBias ? 0 : j], k));
-    }
-    if (mask != nullptr) {
-      for (j = 0; j < n; ++j) {
-        if (acc_t(xi[j]) + b[kConstBias ? 0 : j] > acc_t(0)) {
-          mask[(i + j) >> 3] |= static_cast<uint8_t>(1u << ((i + j) & 7));
-        }
-      }
+      const acc_t z = acc_t(xi[j]) + b[kConstBias ? 0 : j];
+      yi[j] = static_cast<scalar_t>(trelu_value(z, k));
+      if (mask != nullptr && tat_positive(z)) or_bits(mask, i + j, 1);
     }
   }
   void constant(int64_t i, int64_t n, int64_t c) { run<true>(i, n, runs.b_eff + c); }
@@ -67,22 +67,17 @@ struct BackwardRuns {
 
   const scalar_t* grad_y;
   const scalar_t* saved;  // x (Input) or y (Output)
-  const uint8_t* mask;    // Mask
+  const uint32_t* mask;   // Mask
   scalar_t* grad_x;
   const RunPlan<acc_t>& runs;
   TReluCoeffs<acc_t> k;
   acc_t* stream_sums = nullptr;   // indexed like the bias stream (Sweep/Periodic runs)
   acc_t* channel_sums = nullptr;  // indexed by channel (Constant runs)
 
-  Vec mask_positive(int64_t i) const {
-    __at_align__ acc_t bits[Vec::size()];
-    for (int64_t l = 0; l < Vec::size(); ++l) bits[l] = mask_bit(mask, i + l) ? acc_t(1) : acc_t(0);
-    return Vec::loadu(bits) > Vec(acc_t(0));
-  }
   bool scalar_positive(int64_t i, acc_t s, acc_t b) const {
-    if constexpr (kKind == SaveKind::Input) return s + b > acc_t(0);
-    if constexpr (kKind == SaveKind::Output) return s > acc_t(0);
-    return mask_bit(mask, i);
+    if constexpr (kKind == SaveKind::Input) return tat_positive(s + b);
+    if constexpr (kKind == SaveKind::Output) return tat_positive(s);
+    return read_bits(mask, i, 1) != 0;
   }
 
   template <bool kConstBias>
@@ -93,8 +88,10 @@ struct BackwardRuns {
     for (; j + IO::kWidth <= n; j += IO::kWidth) {
       Vec g[IO::kParts];
       Vec s[IO::kParts];
+      uint64_t bits = 0;
       IO::load(grad_y + i + j, g);
       if constexpr (kKind != SaveKind::Mask) IO::load(saved + i + j, s);
+      if constexpr (kKind == SaveKind::Mask) bits = read_bits(mask, i + j, IO::kWidth);
       for (int p = 0; p < IO::kParts; ++p) {
         const int64_t off = j + p * Vec::size();
         Vec pos;
@@ -103,7 +100,7 @@ struct BackwardRuns {
         } else if constexpr (kKind == SaveKind::Output) {
           pos = tat_positive(s[p]);
         } else {
-          pos = mask_positive(i + off);
+          pos = bits_to_lanes<acc_t>(bits >> (p * Vec::size()));
         }
         g[p] = trelu_grad(g[p], pos, k);
         if constexpr (kSum) {
@@ -147,14 +144,14 @@ void forward_kernel(ForwardPlan& p, double slope, double scale, double out_shift
   using acc_t = typename AccIO<scalar_t>::acc_t;
   const auto k = make_coeffs<acc_t>(p.x.scalar_type(), slope, scale, out_shift);
   const RunPlan<acc_t> runs(p.layout, p.b_eff.data_ptr<acc_t>());
-  uint8_t* mask = p.mask.numel() > 0 ? p.mask.data_ptr<uint8_t>() : nullptr;
+  auto* mask = p.mask.numel() > 0 ? reinterpret_cast<uint32_t*>(p.mask.data_ptr<uint8_t>()) : nullptr;
   const scalar_t* x = p.x.data_ptr<scalar_t>();
   scalar_t* y = p.y.data_ptr<scalar_t>();
   const int64_t numel = p.layout.numel;
   const int64_t words = (numel + kMaskWordBits - 1) / kMaskWordBits;
   // Ranges are whole mask words, so no two threads touch the same mask byte.
   at::parallel_for(0, words, kTileElems / kMaskWordBits, [&](int64_t w0, int64_t w1) {
-    if (mask != nullptr) std::memset(mask + w0 * 4, 0, (w1 - w0) * 4);
+    if (mask != nullptr) std::memset(mask + w0, 0, (w1 - w0) * sizeof(uint32_t));
     ForwardRuns<scalar_t> f{x, y, mask, runs, k};
     runs.visit(w0 * kMaskWordBits, std::min(w1 * kMaskWordBits, numel), f);
   });
@@ -169,7 +166,9 @@ void backward_tiles(BackwardPlan& p, const RunPlan<typename AccIO<scalar_t>::acc
   const int64_t row_len = l.channels * l.inner;
   const scalar_t* saved =
       kKind == SaveKind::Mask ? nullptr : static_cast<const scalar_t*>(p.saved.data_ptr());
-  const uint8_t* mask = kKind == SaveKind::Mask ? p.saved.data_ptr<uint8_t>() : nullptr;
+  const auto* mask = kKind == SaveKind::Mask
+                         ? reinterpret_cast<const uint32_t*>(p.saved.data_ptr<uint8_t>())
+                         : nullptr;
   const BackwardRuns<scalar_t, kKind, kSum> proto{p.grad_y.data_ptr<scalar_t>(), saved, mask,
                                                   p.grad_x.data_ptr<scalar_t>(), runs, k};
   at::parallel_for(0, g.tiles(), 1, [&](int64_t t0, int64_t t1) {
