@@ -1,0 +1,95 @@
+"""tat_ext.nn modules: equivalence with nn.Conv2d/nn.Linear + the reference, state_dict, autocast."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import tat_ext
+from tat_ext import reference
+from tat_ext.nn import TATConv2d, TATLinear, TReLU, trelu_scale
+
+
+def test_trelu_scale_gives_unit_second_moment():
+    # E[(s * LReLU(z))^2] = s^2 (1 + a^2) / 2 = 1 for z ~ N(0, 1).
+    for a in (0.0, 0.3, 0.9):
+        assert math.isclose(trelu_scale(a) ** 2 * (1 + a * a) / 2, 1.0, rel_tol=1e-15)
+
+
+@pytest.mark.parametrize("memory", [torch.contiguous_format, torch.channels_last], ids=str)
+@pytest.mark.parametrize("batched", [True, False])
+def test_tatconv2d_matches_conv_plus_reference(memory, batched):
+    torch.manual_seed(0)
+    m = TATConv2d(3, 8, 3, stride=2, padding=1, slope=0.3).to(memory_format=memory)
+    plain = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    plain.load_state_dict(m.state_dict())  # same keys and shapes
+    x = torch.randn(2, 3, 11, 9) if batched else torch.randn(3, 11, 9)
+    if batched:
+        x = x.contiguous(memory_format=memory)
+    x.requires_grad_(True)
+    y = m(x)
+    h = nn.functional.conv2d(x, plain.weight, None, 2, 1)
+    y_ref = reference.trelu(h, plain.bias, slope=0.3, scale=trelu_scale(0.3),
+                            channel_dim=1 if batched else 0)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, m.weight, m.bias), g)
+    grads_ref = torch.autograd.grad(y_ref, (x, plain.weight, plain.bias), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_tatlinear_matches_linear_plus_reference_on_3d_input():
+    torch.manual_seed(1)
+    m = TATLinear(5, 7, slope=0.1, scale=1.2, out_shift=0.3)
+    x = torch.randn(4, 6, 5)
+    y = m(x)
+    y_ref = reference.trelu(nn.functional.linear(x, m.weight), m.bias, slope=0.1, scale=1.2,
+                            out_shift=0.3, channel_dim=-1)
+    torch.testing.assert_close(y, y_ref)
+    assert set(m.state_dict()) == set(nn.Linear(5, 7).state_dict())
+
+
+def test_modules_without_bias_and_repr():
+    m = TATConv2d(2, 4, 1, bias=False, slope=0.2)
+    assert m.bias is None and "slope=0.2" in repr(m)
+    x = torch.randn(1, 2, 3, 3)
+    torch.testing.assert_close(m(x), reference.trelu(nn.functional.conv2d(x, m.weight), slope=0.2,
+                                                     scale=trelu_scale(0.2)))
+    assert TATLinear(3, 2, bias=False, slope=0.0)(torch.randn(2, 3)).shape == (2, 2)
+
+
+def test_trelu_module_for_depth_uses_the_solver():
+    act = TReLU.for_depth(49)
+    assert abs(act.slope - 0.4259071946) < 1e-9  # REFERENCE.md, depth 50
+    assert abs(act.scale - 1.3011191752) < 1e-9
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(act(x), reference.trelu(x, slope=act.slope, scale=act.scale))
+
+
+def test_autocast_bf16_with_fp32_bias():
+    torch.manual_seed(2)
+    m = TATConv2d(3, 6, 3, padding=1, slope=0.25)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert m.bias.grad.dtype == torch.float32 and m.weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = nn.functional.conv2d(x, m.weight, None, 1, 1)
+    torch.testing.assert_close(y, reference.trelu(h, m.bias, slope=0.25, scale=trelu_scale(0.25)))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(slope=float("nan")), ValueError, "slope must be finite"),
+    (dict(slope=0.1, save="output", out_shift=1.0), ValueError, "save='output'"),
+    (dict(slope=0.1, save="nope"), ValueError, "save must be one of"),
+])
+def test_module_constructors_reject_bad_activation_args(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        TATConv2d(2, 2, 3, **kwargs)
+    with pytest.raises(exc, match=match):
+        TATLinear(2, 2, **kwargs)
