@@ -5,9 +5,28 @@ Conventions follow REFERENCE.md, "Kernel maps": inputs have q = 1, ``Q(q) = E[φ
 """
 from __future__ import annotations
 
-import numpy as np
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Tuple
 
-__all__ = ["trelu_c_map", "trelu_c0"]
+import numpy as np
+import torch
+from scipy import special
+
+from tat_ext.activations import Activation, ActivationParams, ResolvedActivation, resolve
+
+__all__ = [
+    "LocalInvariants",
+    "Moments",
+    "c_map",
+    "derivatives",
+    "local_invariants",
+    "moments",
+    "q_map",
+    "trelu_c0",
+    "trelu_c_map",
+]
 
 
 def trelu_c0(slope: float | np.ndarray) -> float | np.ndarray:
@@ -40,3 +59,317 @@ def trelu_c_map(c: float | np.ndarray, slope: float, derivative: int = 0) -> flo
         with np.errstate(divide="ignore"):
             out = np.where(k == 0.0, 0.0, k / np.sqrt(1.0 - x * x))
     return float(out) if out.ndim == 0 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Any activation: Gaussian expectations of φ̂(x) = γ·(φ(α·x + β) + δ)
+# ---------------------------------------------------------------------------------------------
+
+# Smooth φ: the trapezoidal rule on [−Z, Z]. For integrands analytic in the strip |Im z| < d its
+# error falls like exp(−2πd/h); Gauss–Hermite with a few hundred nodes converges far slower once an
+# input scale pulls φ's complex poles near the real axis (atan at α = 1.7: C''(1) off by 2e-4 with
+# 200 nodes, 8e-7 with 400), so the solvers could not reach 1e-8 with it.
+_TRAPEZOID_STEP = 1.0 / 20.0  # 401 nodes, 1-D expectations
+_TRAPEZOID_STEP_2D = 1.0 / 8.0  # 161 nodes per axis, C(c)
+# The trapezoidal rule spans [−10, 10]: the normal density beyond is below 1e-22.
+_TRAPEZOID_Z_MAX = 10.0
+# Piecewise-smooth φ (elu, selu, softsign): Gauss–Legendre on each side of the kink.
+_GL_NODES = 128
+_GL2_NODES = 64
+# Standard-normal mass beyond ±12 is below 1e-32: the split rules integrate over [−12, 12].
+_Z_MAX = 12.0
+# Points per torch call in the 2-D rule (bounds memory for long vectors of c).
+_CHUNK_POINTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class LocalInvariants:
+    """Kernel-map values of one transformed activation at q = 1 (REFERENCE.md, "Kernel maps").
+
+    Attributes:
+        q_1: Q(1).
+        q_slope_1: Q'(1).
+        c_val_0: C(0).
+        c_slope_1: C'(1).
+        c_curv_1: C''(1) (``inf`` for a Leaky ReLU with slope ≠ 1: its C'' blows up at c = 1).
+    """
+
+    q_1: float
+    q_slope_1: float
+    c_val_0: float
+    c_slope_1: float
+    c_curv_1: float
+
+
+class Moments(NamedTuple):
+    """Gaussian moments of g(z) = φ(α·z + β), z ~ N(0, 1), from which every local invariant follows.
+
+    ``e1 = E[g]``, ``e2 = E[g²]``, ``d1 = E[g'²]``, ``d2 = E[g''²]``, ``p = E[g·g'·z]``, ``p0 = E[g'·z]``.
+    """
+
+    e1: float
+    e2: float
+    d1: float
+    d2: float
+    p: float
+    p0: float
+
+    def invariants(self, output_shift: float = 0.0, output_scale: float = 1.0) -> LocalInvariants:
+        """Invariants of γ·(g + δ): Q(1) = γ²E[(g+δ)²], Q'(1) = E[φ̂φ̂'z], C^(k)(·) as in REFERENCE.md."""
+        d, g2 = output_shift, output_scale**2
+        q1 = g2 * (self.e2 + 2.0 * d * self.e1 + d * d)
+        return LocalInvariants(
+            q_1=q1,
+            q_slope_1=g2 * (self.p + d * self.p0),
+            c_val_0=g2 * (self.e1 + d) ** 2 / q1,
+            c_slope_1=g2 * self.d1 / q1,
+            c_curv_1=g2 * self.d2 / q1,
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _trapezoid(step: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for E[f(z)], z ~ N(0, 1), for f analytic near the real axis."""
+    n = int(round(_TRAPEZOID_Z_MAX / step))
+    z = np.arange(-n, n + 1) * step
+    w = np.exp(-0.5 * z * z)
+    w /= w.sum()  # E[1] = 1 exactly (the exact sum differs from 1 by ~exp(-2π²/h²))
+    z.setflags(write=False)
+    w.setflags(write=False)
+    return z, w
+
+
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(n: int) -> Tuple[np.ndarray, np.ndarray]:
+    x, w = special.roots_legendre(n)
+    x.setflags(write=False)
+    w.setflags(write=False)
+    return x, w
+
+
+def _split_rule(t: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Rules for E[f(z)], z ~ N(0, 1), with f smooth on each side of ``t`` (array of split points).
+
+    Gauss–Legendre on [−Z, t] and on [t, Z], each weighted by the normal density. Returns nodes and
+    weights of shape ``t.shape + (2n,)``.
+    """
+    x, w = _gauss_legendre(n)
+    t = np.clip(t, -_Z_MAX, _Z_MAX)[..., None]
+    left_half, right_half = (t + _Z_MAX) / 2.0, (_Z_MAX - t) / 2.0
+    nodes = np.concatenate([t - left_half + left_half * x, t + right_half + right_half * x], axis=-1)
+    weights = np.concatenate([left_half * w, right_half * w], axis=-1)
+    weights = weights * np.exp(-0.5 * nodes * nodes) / math.sqrt(2.0 * math.pi)
+    return nodes, weights
+
+
+def _kink_in_z(kink: float, shift: float, scale: np.ndarray) -> np.ndarray:
+    """Where α·z + β hits the kink; ±inf (one-sided rule) when the scale is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (kink - shift) / scale
+    return np.where(np.isnan(t), np.inf, t)
+
+
+def derivatives(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, order: int) -> list:
+    """[φ, φ', …, φ^(order)] at the points ``x`` (numpy arrays) by torch autograd in float64.
+
+    Derivatives of kinked φ are the piecewise ones (autograd's), as in the reference library.
+    """
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    if order == 0:
+        with torch.no_grad():
+            return [_check_output(fn(xt), xt).numpy()]
+    xt.requires_grad_(True)
+    outs = []
+    with torch.enable_grad():
+        y = _check_output(fn(xt), xt)
+        outs.append(y)
+        for k in range(order):
+            if not y.requires_grad:  # φ^(k) no longer depends on x: the rest are 0
+                y = torch.zeros_like(xt)
+            else:
+                (grad,) = torch.autograd.grad(y.sum(), xt, create_graph=k + 1 < order, allow_unused=True)
+                y = torch.zeros_like(xt) if grad is None else grad
+            outs.append(y)
+    return [o.detach().numpy() for o in outs]
+
+
+def _check_output(y: object, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        raise TypeError("activation must map a tensor to a tensor of the same shape (elementwise)")
+    return y.to(torch.float64)
+
+
+# --- Leaky ReLU family in closed form (kinked: quadrature would converge slowly) -------------
+
+def _relu_parts(mu: np.ndarray, sigma: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """h = μ/σ, Φ(h), φ(h), R1 = E[relu(y)], R2 = E[relu(y)²] for y ~ N(μ, σ²), σ ≥ 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = np.where(sigma > 0, mu / np.where(sigma > 0, sigma, 1.0), np.sign(mu) * np.inf)
+    cdf, pdf = special.ndtr(h), np.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
+    r1 = mu * cdf + sigma * pdf
+    r2 = (mu * mu + sigma * sigma) * cdf + mu * sigma * pdf
+    return h, cdf, pdf, r1, r2
+
+
+def _lrelu_moments(a: float, alpha: float, beta: float) -> Moments:
+    """Moments of g(z) = LReLU_a(α·z + β), using LReLU_a(y) = a·y + (1 − a)·relu(y).
+
+    Sign of α does not matter (z ↦ −z). Stein's lemma gives p = E[g g' z] = d1 (the δ-free part)
+    and p0 = E[g' z] = E[g''] = σ(1 − a)φ(h); g'' = 0 a.e. but C'' is infinite at 1 unless a = 1.
+    """
+    sigma, mu = abs(alpha), beta
+    _, cdf, pdf, r1, r2 = (float(v) for v in _relu_parts(np.float64(mu), np.float64(sigma)))
+    d1 = sigma * sigma * (a * a + (1.0 - a * a) * cdf)
+    return Moments(
+        e1=a * mu + (1.0 - a) * r1,
+        e2=a * a * (mu * mu + sigma * sigma) + (1.0 - a * a) * r2,
+        d1=d1,
+        d2=0.0 if a == 1.0 else math.inf,
+        p=d1,
+        p0=sigma * (1.0 - a) * pdf,
+    )
+
+
+def _lrelu_pair_mean(c: np.ndarray, a: float, alpha: float, beta: float) -> np.ndarray:
+    """E[LReLU_a(α·u + β)·LReLU_a(α·v + β)], (u, v) standard bivariate normal with correlation c.
+
+    The relu–relu term is E[(u+h)₊(v+h)₊]·σ² with (Rosenbaum's truncated bivariate normal moments)
+    E[(u+h)₊(v+h)₊] = (c + h²)·P + 2h·φ(h)·Φ(h·k) + sqrt(1−c²)/(2π)·exp(−h²/(1+c)),
+    k = sqrt((1−c)/(1+c)), P = P(u > −h, v > −h) = Φ(h) − 2·T(h, k) (Owen's T).
+    """
+    sigma, mu = abs(alpha), beta
+    h, cdf, pdf, r1, _ = _relu_parts(np.float64(mu), np.float64(sigma))
+    c = np.clip(c, -1.0, 1.0)
+    s = np.sqrt(1.0 - c * c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.sqrt((1.0 - c) / (1.0 + c))
+        hk = np.where(h == 0.0, 0.0, h * k)
+        tail = np.where(s > 0.0, s / (2.0 * math.pi) * np.exp(-h * h / (1.0 + c)), 0.0)
+    both_positive = cdf - 2.0 * special.owens_t(h, k)
+    relu_relu = sigma * sigma * ((c + h * h) * both_positive + 2.0 * h * pdf * special.ndtr(hk) + tail)
+    relu_linear = mu * r1 + sigma * sigma * c * cdf  # E[y₁·relu(y₂)], using E[u | v] = c·v
+    return (a * a * (sigma * sigma * c + mu * mu) + 2.0 * a * (1.0 - a) * relu_linear
+            + (1.0 - a) ** 2 * relu_relu)
+
+
+# --- Public evaluation API ------------------------------------------------------------------
+
+def _params(params: Optional[ActivationParams]) -> ActivationParams:
+    if params is None:
+        return ActivationParams()
+    if not isinstance(params, ActivationParams):
+        raise TypeError(f"params must be an ActivationParams or None, got {params!r}")
+    return params
+
+
+def moments(act: ResolvedActivation, input_scale: float = 1.0, input_shift: float = 0.0,
+            curvature: bool = True) -> Moments:
+    """:class:`Moments` of g(z) = φ(α·z + β) for a resolved activation (the solvers' inner loop).
+
+    Closed forms for the Leaky ReLU family; otherwise the trapezoidal rule (smooth φ) or
+    Gauss–Legendre split at the kink (elu, selu, softsign), with derivatives by autograd. ``curvature=False`` skips
+    the second derivative (``d2`` is then NaN).
+    """
+    if act.lrelu_slope is not None:
+        return _lrelu_moments(act.lrelu_slope, input_scale, input_shift)
+    if act.kink is None:
+        z, w = _trapezoid(_TRAPEZOID_STEP)
+    else:
+        z, w = _split_rule(np.asarray((act.kink - input_shift) / input_scale), _GL_NODES)
+    f, *derivs = derivatives(act.fn, input_scale * z + input_shift, 2 if curvature else 1)
+    g1 = input_scale * derivs[0]
+    d2 = float(w @ (input_scale**2 * derivs[1]) ** 2) if curvature else math.nan
+    return Moments(e1=float(w @ f), e2=float(w @ (f * f)), d1=float(w @ (g1 * g1)), d2=d2,
+                   p=float(w @ (f * g1 * z)), p0=float(w @ (g1 * z)))
+
+
+def local_invariants(activation: Activation, params: Optional[ActivationParams] = None) -> LocalInvariants:
+    """Q(1), Q'(1), C(0), C'(1), C''(1) of ``γ·(φ(α·x + β) + δ)`` (identity params by default).
+
+    ``activation`` is a registered name or an elementwise torch callable (assumed smooth). Kinked
+    names use closed forms (relu, leaky_relu) or a quadrature split at the kink (elu, selu, softsign).
+    Derivatives are taken piecewise, as the reference library does.
+    """
+    p = _params(params)
+    act = resolve(activation, p)
+    m = moments(act, p.input_scale, p.input_shift)
+    return m.invariants(p.output_shift, p.output_scale)
+
+
+def q_map(activation: Activation, q: float | np.ndarray,
+          params: Optional[ActivationParams] = None) -> float | np.ndarray:
+    """Q(q) = E[φ̂(√q·z)²] for q ≥ 0 (float or array)."""
+    p = _params(params)
+    act = resolve(activation, p)
+    q_arr = np.asarray(q, dtype=np.float64)
+    if np.any(~(q_arr >= 0.0)):
+        raise ValueError("q must be >= 0 (it is a mean squared activation)")
+    scale = p.input_scale * np.sqrt(q_arr.reshape(-1))
+    d, g = p.output_shift, p.output_scale
+    if act.lrelu_slope is not None:
+        a = act.lrelu_slope
+        _, _, _, r1, r2 = _relu_parts(np.full_like(scale, p.input_shift), np.abs(scale))
+        e1 = a * p.input_shift + (1.0 - a) * r1
+        e2 = a * a * (p.input_shift**2 + scale * scale) + (1.0 - a * a) * r2
+    else:
+        if act.kink is None:
+            z, w = _trapezoid(_TRAPEZOID_STEP)
+            z, w = np.broadcast_to(z, scale.shape + z.shape), w
+        else:
+            z, w = _split_rule(_kink_in_z(act.kink, p.input_shift, scale), _GL_NODES)
+        (f,) = derivatives(act.fn, scale[:, None] * z + p.input_shift, 0)
+        e1, e2 = (f * w).sum(-1), (f * f * w).sum(-1)
+    out = (g * g * (e2 + 2.0 * d * e1 + d * d)).reshape(q_arr.shape)
+    return float(out) if out.ndim == 0 else out
+
+
+def c_map(activation: Activation, c: float | np.ndarray,
+          params: Optional[ActivationParams] = None) -> float | np.ndarray:
+    """C(c) = E[φ̂(u)·φ̂(v)] / Q(1) at q = 1, for c in [−1, 1] (float or array).
+
+    Closed form for the Leaky ReLU family. Otherwise a 2-D rule with the Cholesky trick
+    v = c·u + sqrt(1−c²)·w: a tensor trapezoidal rule for smooth φ; for piecewise φ, rules split at the
+    kink in u and, for each u, at the kink of v in w.
+    """
+    p = _params(params)
+    act = resolve(activation, p)
+    c_arr = np.asarray(c, dtype=np.float64)
+    if np.any(~(np.abs(c_arr) <= 1.0)):
+        raise ValueError("c must lie in [-1, 1] (it is a cosine similarity)")
+    flat = c_arr.reshape(-1)
+    d = p.output_shift
+    if act.lrelu_slope is not None:
+        m = _lrelu_moments(act.lrelu_slope, p.input_scale, p.input_shift)
+        pair = _lrelu_pair_mean(flat, act.lrelu_slope, p.input_scale, p.input_shift)
+        e1, e2 = m.e1, m.e2
+    else:
+        pair, e1, e2 = _pair_mean_quadrature(act, flat, p.input_scale, p.input_shift)
+    out = ((pair + 2.0 * d * e1 + d * d) / (e2 + 2.0 * d * e1 + d * d)).reshape(c_arr.shape)
+    return float(out) if out.ndim == 0 else out
+
+
+def _pair_mean_quadrature(act: ResolvedActivation, c: np.ndarray, alpha: float,
+                          beta: float) -> Tuple[np.ndarray, float, float]:
+    """E[g(u)g(v)] for each c, and E[g], E[g²] from the same outer rule (so C(1) = 1 exactly)."""
+    if act.kink is None:
+        u, wu = _trapezoid(_TRAPEZOID_STEP_2D)
+    else:
+        kink_u = (act.kink - beta) / alpha
+        u, wu = _split_rule(np.asarray(kink_u), _GL2_NODES)
+    (gu,) = derivatives(act.fn, alpha * u + beta, 0)
+    e1, e2 = float(wu @ gu), float(wu @ (gu * gu))
+    inner = u.size if act.kink is None else 2 * _GL2_NODES
+    chunk = max(1, _CHUNK_POINTS // (u.size * inner))
+    pair = np.empty_like(c)
+    for start in range(0, c.size, chunk):
+        cc = c[start:start + chunk, None, None]
+        s = np.sqrt(np.maximum(1.0 - cc * cc, 0.0))
+        if act.kink is None:
+            w, ww = _trapezoid(_TRAPEZOID_STEP_2D)
+        else:
+            # Where v = c·u + s·w crosses the kink, per (c, u).
+            w, ww = _split_rule(_kink_in_z(kink_u - cc[..., 0] * u, 0.0, s[..., 0]), _GL2_NODES)
+        v = cc * u[:, None] + s * w
+        (gv,) = derivatives(act.fn, alpha * v + beta, 0)
+        pair[start:start + chunk] = ((gv * ww).sum(-1) * gu) @ wu
+    return pair, e1, e2
