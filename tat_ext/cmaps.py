@@ -203,8 +203,9 @@ def _check_output(y: object, x: torch.Tensor) -> torch.Tensor:
 
 def _relu_parts(mu: np.ndarray, sigma: np.ndarray) -> Tuple[np.ndarray, ...]:
     """h = μ/σ, Φ(h), φ(h), R1 = E[relu(y)], R2 = E[relu(y)²] for y ~ N(μ, σ²), σ ≥ 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = np.where(sigma > 0, mu / np.where(sigma > 0, sigma, 1.0), np.sign(mu) * np.inf)
+    # σ = 0 (q = 0): y ≡ μ, and h = ±inf (or 0 when μ = 0) gives the right limits below.
+    degenerate = np.where(mu == 0, 0.0, np.copysign(np.inf, mu))
+    h = np.where(sigma > 0, mu / np.where(sigma > 0, sigma, 1.0), degenerate)
     cdf, pdf = special.ndtr(h), np.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
     r1 = mu * cdf + sigma * pdf
     r2 = (mu * mu + sigma * sigma) * cdf + mu * sigma * pdf
