@@ -48,7 +48,7 @@ def _legendre(n):
     return roots_legendre(n)
 
 
-def _gl_expectations(name, params, n=3000):
+def gl_expectations(name, params, n=3000):
     """E[φ̂], E[φ̂²], E[φ̂'²], E[φ̂''²], E[φ̂φ̂'z] by one Gauss–Legendre rule per side of the kink."""
     x, w = _legendre(n)
     edges = [-12.0, 12.0]
@@ -118,7 +118,7 @@ def test_trelu_q_map_is_identity():
 @pytest.mark.parametrize("name", [n for n in activation_names() if n not in ("relu", "leaky_relu")])
 def test_invariants_match_high_order_gauss_legendre(name):
     for params in PARAMS:
-        e1, e2, d1, d2, p = _gl_expectations(name, params)
+        e1, e2, d1, d2, p = gl_expectations(name, params)
         inv = cmaps.local_invariants(name, params)
         np.testing.assert_allclose(
             [inv.q_1, inv.q_slope_1, inv.c_val_0, inv.c_slope_1, inv.c_curv_1],
