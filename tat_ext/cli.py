@@ -162,7 +162,8 @@ def _print_trelu(depths: Sequence[int], results: Sequence, eta: float) -> None:
     """One depth: a block; several: a table whose unreachable rows carry the reason."""
     if len(depths) == 1:
         r = results[0]
-        print(f"TReLU (leaky_relu under TAT) for a plain chain of {depths[0]} nonlinear layers, eta = {eta:g}")
+        print(f"TReLU (leaky_relu under TAT) for a plain chain of {depths[0]} nonlinear layers, "
+              f"eta = {eta:g}")
         print(f"  slope  = {r.slope:.12f}")
         print(f"  scale  = {r.scale:.12f}")
         print(f"  C_f(0) = {r.c0:.12f}")

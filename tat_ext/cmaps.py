@@ -104,7 +104,8 @@ class LocalInvariants:
 class Moments(NamedTuple):
     """Gaussian moments of g(z) = φ(α·z + β), z ~ N(0, 1), from which every local invariant follows.
 
-    ``e1 = E[g]``, ``e2 = E[g²]``, ``d1 = E[g'²]``, ``d2 = E[g''²]``, ``p = E[g·g'·z]``, ``p0 = E[g'·z]``.
+    ``e1 = E[g]``, ``e2 = E[g²]``, ``d1 = E[g'²]``, ``d2 = E[g''²]``, ``p = E[g·g'·z]``,
+    ``p0 = E[g'·z]``.
     """
 
     e1: float
@@ -115,7 +116,8 @@ class Moments(NamedTuple):
     p0: float
 
     def invariants(self, output_shift: float = 0.0, output_scale: float = 1.0) -> LocalInvariants:
-        """Invariants of γ·(g + δ): Q(1) = γ²E[(g+δ)²], Q'(1) = E[φ̂φ̂'z], C^(k)(·) as in REFERENCE.md."""
+        """Invariants of φ̂ = γ·(g + δ): Q(1) = γ²E[(g+δ)²], Q'(1) = E[φ̂φ̂'z], and
+        C(0), C'(1), C''(1) by the identities of REFERENCE.md, "Kernel maps"."""
         d, g2 = output_shift, output_scale**2
         q1 = g2 * (self.e2 + 2.0 * d * self.e1 + d * d)
         return LocalInvariants(
@@ -268,8 +270,8 @@ def moments(act: ResolvedActivation, input_scale: float = 1.0, input_shift: floa
     """:class:`Moments` of g(z) = φ(α·z + β) for a resolved activation (the solvers' inner loop).
 
     Closed forms for the Leaky ReLU family; otherwise the trapezoidal rule (smooth φ) or
-    Gauss–Legendre split at the kink (elu, selu, softsign), with derivatives by autograd. ``curvature=False`` skips
-    the second derivative (``d2`` is then NaN).
+    Gauss–Legendre split at the kink (elu, selu, softsign), with derivatives by autograd.
+    ``curvature=False`` skips the second derivative (``d2`` is then NaN).
     """
     if act.lrelu_slope is not None:
         return _lrelu_moments(act.lrelu_slope, input_scale, input_shift)

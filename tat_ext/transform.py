@@ -109,6 +109,11 @@ def _subnet_value(subnet_max_func: SubnetMaxFunc, x: float, r_fn: Callable[[floa
     return value
 
 
+def _round_down(value: float, digits: int) -> str:
+    """``value`` cut (not rounded) to ``digits`` decimals, so that it is safe to pass back."""
+    return f"{math.floor(value * 10**digits) / 10**digits:.{digits}f}"
+
+
 def solve_trelu(
     depth: Optional[int] = None,
     *,
@@ -151,11 +156,11 @@ def solve_trelu(
                     else f"more than {_MAX_DEPTH_SEARCH} nonlinear layers")
             raise ValueError(
                 f"eta={eta} is unreachable with depth={depth}: even ReLU (slope 0) only gives "
-                f"C_f(0)={reachable:.6g}; eta={eta} needs {need}, or use eta <= {reachable:.6g}"
+                f"C_f(0)={reachable:.6g}; eta={eta} needs {need}, or use eta <= {_round_down(reachable, 6)}"
             )
         raise ValueError(
             f"eta={eta} is unreachable for this subnet_max_func: the largest reachable eta is "
-            f"{reachable:.10g} (slope 0, i.e. ReLU)"
+            f"{_round_down(reachable, 10)} (slope 0, i.e. ReLU)"
         )
     linear = c_f0(1.0)
     if linear >= eta:
@@ -540,7 +545,8 @@ def _with_defaults(params: Optional[Mapping], defaults: dict, argname: str) -> d
     return {**defaults, **params}
 
 
-def _fused_leaky_relu(params: ActivationParams, negative_slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def _fused_leaky_relu(params: ActivationParams,
+                      negative_slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """γ·(LReLU(α·x + β) + δ) through the fused op, folding α > 0 into the others by homogeneity:
     γα·(LReLU(x + β/α) + δ/α)."""
     from tat_ext import trelu  # lazy: loads the compiled extension only when the activation is built
@@ -625,7 +631,8 @@ def get_transformed_activations(
     elif method == "TAT":
         if len(activation_names) > 1:
             raise ValueError("with TAT, leaky_relu must be the only activation (its slope comes from "
-                             f"c_val_0_target, the others' parameters from c_curve_target); got {activation_names}")
+                             "c_val_0_target, the others' parameters from c_curve_target); "
+                             f"got {activation_names}")
         eta = tat["c_val_0_target"]
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"tat_params['c_val_0_target'] must be a float in [0, 1], got {eta!r}")
