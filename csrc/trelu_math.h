@@ -7,8 +7,10 @@
 // Every function is a template over the value type V so the same expression serves a scalar
 // (float/double, host or device) and a SIMD vector (at::vec::Vectorized on the CPU). V only needs
 // +, *, construction from the accumulation type, and the tat_select/tat_max/tat_positive overloads
-// (scalar ones below; vector ones in cpu/vec_ops.h).
+// (scalar ones below; vector ones in cpu/vec_ops.h; FMA-free CUDA ones in cuda/cuda_utils.cuh).
 #pragma once
+
+#include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define TAT_HD __host__ __device__ __forceinline__
@@ -17,6 +19,10 @@
 #endif
 
 namespace tat_ext {
+
+// What forward keeps for backward (mirrors tat_ext/ops.py SAVE_KINDS). Here rather than in
+// trelu_plan.h so the CUDA kernel files can use it without ATen's tensor headers.
+enum class SaveKind : int64_t { Input = 0, Output = 1, Mask = 2 };
 
 // Coefficients in the accumulation type (float for fp16/bf16/fp32, double for fp64).
 template <typename acc_t>

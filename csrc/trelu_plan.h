@@ -12,9 +12,6 @@
 
 namespace tat_ext {
 
-// What forward keeps for backward (mirrors tat_ext/ops.py SAVE_KINDS).
-enum class SaveKind : int64_t { Input = 0, Output = 1, Mask = 2 };
-
 struct ChannelLayout {
   int64_t numel;
   int64_t channels;  // 1 when there is no bias
