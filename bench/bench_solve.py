@@ -74,8 +74,9 @@ try:
     get_transformed_activations([{name!r}], method={method!r}, max_slope_func=lambda s: s ** L,
                                 max_curv_func=lambda k: L * k, subnet_max_func=chain)
     print("%.1f" % ((time.perf_counter() - start) * 1e3))
-except ValueError:
-    print("no solution (%.0f ms)" % ((time.perf_counter() - start) * 1e3))
+except ValueError as error:  # unknown name, or no parameters found
+    reason = "unsupported name" if "Unrecognized" in str(error) else "no solution"
+    print("%s (%.0f ms)" % (reason, (time.perf_counter() - start) * 1e3))
 """
 
 

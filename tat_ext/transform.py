@@ -365,7 +365,8 @@ def solve_tat(
     Returns:
         :class:`ActivationParams` with input_scale > 0; the invariants hold to 1e-9. Solutions are
         not unique: the first one found from a fixed list of starting points is returned, skipping
-        those with input_scale·output_scale >= 2 as the reference library does.
+        those with input_scale·output_scale >= 2 as the reference library does (>= 8 for sigmoid,
+        i.e. the same bound on its tanh equivalent).
 
     Raises:
         ValueError: bad arguments, or no solution (e.g. ``square``, whose Q'(1) and C'(1) conditions
