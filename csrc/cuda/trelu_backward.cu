@@ -1,0 +1,315 @@
+// Backward of the fused transformed Leaky ReLU: grad_x = dL/dz from grad_y and the saved tensor
+// (x, y or the packed mask), and grad_bias[c] = sum of dL/dz over channel c, in ONE pass over
+// grad_y. No float atomics: each block writes its partial sums (acc_t) to its own workspace
+// slots, and a second kernel adds them per channel in a fixed order, so grad_bias is bitwise
+// reproducible run to run.
+//  - plane grid (NCHW-like, see trelu_forward.cu): a segment lies in one plane, so it has ONE
+//    partial sum; workspace [outer, C, chunks].
+//  - column grid (channels_last and other short planes): the tensor is [rows, P = C * inner];
+//    a thread owns VEC adjacent columns (vectorized along C for channels_last), walks down a
+//    block's rows summing per column, and the block folds its threadIdx.y partials; workspace
+//    [row blocks, C, inner].
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "cuda_utils.cuh"
+#include "trelu_cuda.h"
+#include "trelu_grid.h"
+
+namespace tat_ext::cuda {
+namespace {
+
+constexpr int kColThreads = 256;         // threads per block of the column grid
+constexpr int64_t kColTargetBlocks = 2048;  // enough blocks for every SM of an H100/H200
+// Rows per column block at least: bounds the workspace at 1/kMinRows of grad_y's elements.
+constexpr int64_t kMinRows = 32;
+constexpr int kReduceThreads = 256;
+
+// Loads and computes the slots of one thread (kUnroll of them); see ForwardSlots.
+template <typename scalar_t, int VEC, SaveKind kKind>
+struct BackwardSlots {
+  using acc_t = acc_type_of<scalar_t>;
+  using Params = BackwardParams<scalar_t, acc_t>;
+
+  scalar_t g[kUnroll][VEC];
+  scalar_t s[kUnroll][VEC];  // saved x or y
+  uint32_t bits[kUnroll];    // saved signs
+
+  __device__ __forceinline__ void load(const Params& p, int u, const Segment& seg) {
+    if (!seg.active) return;
+    const int64_t i = seg.slot * VEC;
+    load_slot<VEC>(p.grad_y, i, seg.lo, seg.hi, g[u]);
+    if constexpr (kKind == SaveKind::Mask) {
+      bits[u] = load_mask_bits<VEC>(p.mask, i);
+    } else {
+      load_slot<VEC>(p.saved, i, seg.lo, seg.hi, s[u]);
+    }
+  }
+
+  // Stores grad_x of the slot and adds each element's dL/dz into sums[e]. b[e]: bias of element
+  // e (SaveKind::Input only).
+  __device__ __forceinline__ void compute_store(const Params& p, int u, const Segment& seg,
+                                                const acc_t (&b)[VEC], acc_t (&sums)[VEC]) {
+    if (!seg.active) return;
+    const int64_t i = seg.slot * VEC;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      bool positive;
+      if constexpr (kKind == SaveKind::Input) {
+        positive = tat_ext::tat_positive(static_cast<acc_t>(s[u][e]) + b[e]);
+      } else if constexpr (kKind == SaveKind::Output) {
+        positive = tat_ext::tat_positive(static_cast<acc_t>(s[u][e]));
+      } else {
+        positive = (bits[u] >> e) & 1u;
+      }
+      const acc_t dz = grad_value(static_cast<acc_t>(g[u][e]), positive, p.k);
+      g[u][e] = static_cast<scalar_t>(dz);
+      if (i + e >= seg.lo && i + e < seg.hi) sums[e] += dz;
+    }
+    store_slot<VEC>(p.grad_x, i, seg.lo, seg.hi, g[u]);
+  }
+};
+
+template <typename scalar_t, int VEC, SaveKind kKind>
+__global__ void __launch_bounds__(kThreads)
+    trelu_backward_planes(BackwardParams<scalar_t, acc_type_of<scalar_t>> p, PlaneGrid grid,
+                          acc_type_of<scalar_t>* __restrict__ partial) {
+  using acc_t = acc_type_of<scalar_t>;
+  BackwardSlots<scalar_t, VEC, kKind> slots;
+  Segment seg[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    seg[u] = grid.segment<VEC>(int64_t{blockIdx.x} * kUnroll + u, threadIdx.x);
+    slots.load(p, u, seg[u]);
+  }
+  acc_t seg_sum[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    acc_t b[VEC];
+    if constexpr (kKind == SaveKind::Input) {
+      const acc_t bias = p.b_eff[grid.channel(seg[u])];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) b[e] = bias;
+    }
+    acc_t sums[VEC] = {};
+    slots.compute_store(p, u, seg[u], b, sums);
+    seg_sum[u] = 0;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) seg_sum[u] += sums[e];
+  }
+  if (!p.bias_grad) return;  // uniform over the grid
+  // One partial per segment: warp sums, then the warps' sums in warp order.
+  __shared__ acc_t warp_sums[kUnroll][kThreads / kWarpSize];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const acc_t w = warp_sum(seg_sum[u]);
+    if (lane == 0) warp_sums[u][warp] = w;
+  }
+  __syncthreads();
+  if (threadIdx.x < kUnroll) {
+    const int64_t s = int64_t{blockIdx.x} * kUnroll + threadIdx.x;
+    if (s < grid.segments) {
+      acc_t total = 0;
+#pragma unroll
+      for (int w = 0; w < kThreads / kWarpSize; ++w) total += warp_sums[threadIdx.x][w];
+      partial[s] = total;
+    }
+  }
+}
+
+struct ColumnGrid {
+  int64_t period;          // P = channels * inner: elements per row
+  int64_t rows;            // numel / P
+  int64_t cols;            // slots per row: P / VEC
+  int64_t rows_per_block;  // rows of one blockIdx.y
+  dim3 block, grid;
+};
+
+ColumnGrid make_column_grid(int64_t numel, int64_t channels, int64_t inner, int vec) {
+  ColumnGrid g;
+  g.period = channels * inner;
+  g.rows = numel / g.period;
+  g.cols = g.period / vec;
+  // Short rows (channels_last with few channels): a block spans several rows at once.
+  const int64_t tx = std::min<int64_t>(g.cols, kColThreads);
+  const int64_t ty = kColThreads / tx;
+  const int64_t col_blocks = ceil_div(g.cols, tx);
+  TORCH_CHECK(col_blocks <= INT_MAX, "trelu_backward (CUDA): rows of ", g.period,
+              " elements are too long for one launch");
+  const int64_t max_row_blocks =
+      std::min<int64_t>(65535, ceil_div(g.rows, std::max<int64_t>(kMinRows, ty * kUnroll)));
+  const int64_t want = std::clamp<int64_t>(ceil_div(kColTargetBlocks, col_blocks), 1,
+                                           std::max<int64_t>(max_row_blocks, 1));
+  g.rows_per_block = ceil_div(g.rows, want);
+  const int64_t row_blocks = ceil_div(g.rows, g.rows_per_block);
+  g.block = dim3(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
+  g.grid = dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks));
+  return g;
+}
+
+template <typename scalar_t, int VEC, SaveKind kKind>
+__global__ void __launch_bounds__(kColThreads)
+    trelu_backward_columns(BackwardParams<scalar_t, acc_type_of<scalar_t>> p, ColumnGrid grid,
+                           acc_type_of<scalar_t>* __restrict__ partial) {
+  using acc_t = acc_type_of<scalar_t>;
+  const int64_t col = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  const bool col_ok = col < grid.cols;
+  acc_t b[VEC];
+  if constexpr (kKind == SaveKind::Input) {
+    // The thread's columns keep their channels down the rows: look the biases up once.
+    int64_t c = col_ok ? col * VEC / p.inner : 0;
+    int64_t rem = col_ok ? col * VEC - c * p.inner : 0;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      b[e] = p.b_eff[c];
+      if (++rem == p.inner && c + 1 < p.channels) rem = 0, ++c;
+    }
+  }
+  const int64_t r_begin = int64_t{blockIdx.y} * grid.rows_per_block;
+  const int64_t r_end =
+      r_begin + grid.rows_per_block < grid.rows ? r_begin + grid.rows_per_block : grid.rows;
+  acc_t sums[VEC] = {};
+  for (int64_t r = r_begin + threadIdx.y; r < r_end; r += kUnroll * blockDim.y) {
+    BackwardSlots<scalar_t, VEC, kKind> slots;
+    Segment seg[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t row = r + int64_t{u} * blockDim.y;
+      seg[u] = Segment{row * grid.cols + col, 0, p.numel, 0, col_ok && row < r_end};
+      slots.load(p, u, seg[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) slots.compute_store(p, u, seg[u], b, sums);
+  }
+  if (!p.bias_grad) return;  // uniform over the grid
+  __shared__ acc_t red[kColThreads * VEC];
+  sum_over_y(red, sums);
+  if (threadIdx.y == 0 && col_ok) {
+    acc_t* out = partial + int64_t{blockIdx.y} * grid.period + col * VEC;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = sums[e];
+  }
+}
+
+// grad_bias[c] = sum over a < outer, b < inner of partial[(a * channels + c) * inner + b].
+// blockDim = (channels per block, threads per channel); a thread adds every blockDim.y-th term
+// of its channel in order, then the block folds them in a fixed tree: same bits every run.
+template <typename acc_t>
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_channel_partials(const acc_t* __restrict__ partial, int64_t outer, int64_t channels,
+                            int64_t inner, DivMod64 by_inner, acc_t* __restrict__ grad_bias) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  acc_t sum[1] = {0};
+  if (c < channels) {
+    for (int64_t t = threadIdx.y; t < outer * inner; t += blockDim.y) {
+      const int64_t a = by_inner.div(t);
+      sum[0] += partial[(a * channels + c) * inner + (t - a * inner)];
+    }
+  }
+  __shared__ acc_t red[kReduceThreads];
+  sum_over_y(red, sum);
+  if (threadIdx.y == 0 && c < channels) grad_bias[c] = sum[0];
+}
+
+template <typename scalar_t, int VEC, SaveKind kKind>
+void launch_main(const BackwardParams<scalar_t, acc_type_of<scalar_t>>& p,
+                 const BackwardLaunch& plan, acc_type_of<scalar_t>* partial,
+                 cudaStream_t stream) {
+  if (plan.columns) {
+    const ColumnGrid g = make_column_grid(p.numel, p.channels, p.inner, VEC);
+    trelu_backward_columns<scalar_t, VEC, kKind><<<g.grid, g.block, 0, stream>>>(p, g, partial);
+  } else {
+    const PlaneGrid g = make_plane_grid(p.numel, p.channels, p.inner, VEC);
+    trelu_backward_planes<scalar_t, VEC, kKind><<<g.blocks(), kThreads, 0, stream>>>(p, g,
+                                                                                    partial);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int VEC>
+void launch_kind(const BackwardParams<scalar_t, acc_type_of<scalar_t>>& p,
+                 const BackwardLaunch& plan, acc_type_of<scalar_t>* partial,
+                 cudaStream_t stream) {
+  switch (p.kind) {
+    case SaveKind::Input:
+      launch_main<scalar_t, VEC, SaveKind::Input>(p, plan, partial, stream);
+      break;
+    case SaveKind::Output:
+      launch_main<scalar_t, VEC, SaveKind::Output>(p, plan, partial, stream);
+      break;
+    default:
+      launch_main<scalar_t, VEC, SaveKind::Mask>(p, plan, partial, stream);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+BackwardLaunch plan_trelu_backward(const BackwardParams<scalar_t, acc_type_of<scalar_t>>& p) {
+  constexpr int V = kVec16<scalar_t>;
+  const bool aligned = is_pack_aligned(p.grad_y, V) && is_pack_aligned(p.grad_x, V) &&
+                       (p.kind == SaveKind::Mask || is_pack_aligned(p.saved, V));
+  BackwardLaunch plan{};
+  if (p.numel == 0) return plan;
+  plan.columns = !use_planes(p.channels, p.inner, aligned ? V : 1);
+  // Column slots must not cross rows.
+  plan.vectorized = aligned && (!plan.columns || p.channels * p.inner % V == 0);
+  const int vec = plan.vectorized ? V : 1;
+  if (plan.columns) {
+    const ColumnGrid g = make_column_grid(p.numel, p.channels, p.inner, vec);
+    plan.reduce_outer = g.grid.y;
+    plan.reduce_inner = p.inner;
+  } else {
+    plan.reduce_outer = p.numel / (p.channels * p.inner);
+    plan.reduce_inner = make_plane_grid(p.numel, p.channels, p.inner, vec).chunks;
+  }
+  plan.workspace = p.bias_grad ? plan.reduce_outer * p.channels * plan.reduce_inner : 0;
+  return plan;
+}
+
+template <typename scalar_t>
+void launch_trelu_backward(const BackwardParams<scalar_t, acc_type_of<scalar_t>>& p,
+                           const BackwardLaunch& plan, acc_type_of<scalar_t>* workspace,
+                           acc_type_of<scalar_t>* grad_bias, cudaStream_t stream) {
+  using acc_t = acc_type_of<scalar_t>;
+  if (p.numel == 0) {
+    if (p.bias_grad) {
+      C10_CUDA_CHECK(cudaMemsetAsync(grad_bias, 0, p.channels * sizeof(acc_t), stream));
+    }
+    return;
+  }
+  if (plan.vectorized) {
+    launch_kind<scalar_t, kVec16<scalar_t>>(p, plan, workspace, stream);
+  } else {  // misaligned views, or column rows that are not whole packs
+    launch_kind<scalar_t, 1>(p, plan, workspace, stream);
+  }
+  if (!p.bias_grad) return;
+  const int64_t lanes = std::min<int64_t>(p.channels, 32);
+  const dim3 block(static_cast<unsigned>(lanes), static_cast<unsigned>(kReduceThreads / lanes));
+  const int64_t blocks = ceil_div(p.channels, lanes);
+  TORCH_CHECK(blocks <= INT_MAX, "trelu_backward (CUDA): too many channels");
+  reduce_channel_partials<acc_t><<<static_cast<unsigned>(blocks), block, 0, stream>>>(
+      workspace, plan.reduce_outer, p.channels, plan.reduce_inner, DivMod64(plan.reduce_inner),
+      grad_bias);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define TAT_INSTANTIATE_BACKWARD(scalar_t)                                          \
+  template BackwardLaunch plan_trelu_backward<scalar_t>(                            \
+      const BackwardParams<scalar_t, acc_type_of<scalar_t>>&);                      \
+  template void launch_trelu_backward<scalar_t>(                                    \
+      const BackwardParams<scalar_t, acc_type_of<scalar_t>>&, const BackwardLaunch&, \
+      acc_type_of<scalar_t>*, acc_type_of<scalar_t>*, cudaStream_t);
+TAT_INSTANTIATE_BACKWARD(float)
+TAT_INSTANTIATE_BACKWARD(double)
+TAT_INSTANTIATE_BACKWARD(c10::Half)
+TAT_INSTANTIATE_BACKWARD(c10::BFloat16)
+#undef TAT_INSTANTIATE_BACKWARD
+
+}  // namespace tat_ext::cuda
