@@ -1,0 +1,274 @@
+"""The fused CUDA kernels: the CPU suite's case grid on the GPU, checked against the CPU kernels
+(bit for bit: same math, no FMA contraction on either side) and an fp64 reference; determinism,
+torch.compile, a > 2^31-element tensor, streams and device errors. Skipped without a GPU."""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import tat_ext
+from tat_ext import _extension
+from tat_ext.ops import SAVE_KIND
+from trelu_cases import (DTYPES, LAYOUTS, Layout, eager_chain, fp64_reference, make_bias,
+                         make_input, max_abs_err)
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built"),
+]
+
+# Beyond the shared grid: shapes that reach every CUDA grid (trelu_forward.cu /
+# trelu_backward.cu): long planes (several segments; not a multiple of the vector width; a
+# multiple of 32 so the mask stays on the plane grid; misaligned), channels_last with C a
+# multiple of the vector width or not, short planes with many rows (several column blocks of
+# rows), wide rows, and a bias on dim 0.
+CUDA_LAYOUTS = [
+    Layout((2, 3, 33, 37), 1, "contiguous"),
+    Layout((3, 4, 32, 32), 1, "contiguous"),
+    Layout((2, 3, 100, 100), 1, "contiguous"),
+    Layout((2, 5, 7, 11, 13), 1, "contiguous"),
+    Layout((2, 4, 30, 30), 1, "offset"),
+    Layout((4, 6, 5000), 0, "contiguous"),
+    Layout((4, 64, 9, 9), 1, "channels_last"),
+    Layout((3, 100, 5, 5), 1, "channels_last"),
+    Layout((2, 16, 3, 10, 10), 1, "channels_last_3d"),
+    Layout((512, 3, 67), 1, "contiguous"),
+    Layout((5000, 24), 1, "contiguous"),
+    Layout((3, 70001), -1, "contiguous"),
+    Layout((3, 8, 40, 40), 1, "permuted"),
+]
+
+PARAMS = [
+    dict(slope=0.0, scale=2 ** 0.5, in_shift=0.0, out_shift=0.0),
+    dict(slope=0.4259071946, scale=1.3011191752, in_shift=0.0, out_shift=0.0),
+    dict(slope=0.2, scale=1.7, in_shift=0.3, out_shift=-0.4),
+    dict(slope=-0.3, scale=-0.9, in_shift=-0.2, out_shift=0.0),
+]
+
+
+def _saves(p):
+    exact = p["slope"] >= 0 and p["scale"] > 0 and p["out_shift"] == 0
+    return ["input", "output", "mask"] if exact else ["input", "mask"]
+
+
+def _fwd_bwd(fn, x, bias, grad_out, **kw):
+    x = x.detach().clone().requires_grad_(True)  # clone keeps x's strides
+    b = None if bias is None else bias.detach().clone().requires_grad_(True)
+    y = fn(x, b, **kw)
+    inputs = (x,) if b is None else (x, b)
+    if y.numel() == 0:
+        return y, tuple(torch.zeros_like(t) for t in inputs)
+    return y, torch.autograd.grad(y, inputs, grad_out)
+
+
+def _grad_bias_atol(grad_out, scale, channel_dim, dtype):
+    """Sums in different orders (fp32, fp64 for fp64): eps * sum |dz| per channel, times 4."""
+    if grad_out.numel() == 0:
+        return 0.0
+    dims = [d for d in range(grad_out.dim()) if d != channel_dim % grad_out.dim()]
+    mass = (grad_out.double().abs() * abs(scale)).sum(dim=dims).max().item()
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    return 4 * eps * mass + 1e-30
+
+
+def test_extension_has_cuda_kernels():
+    assert _extension.WITH_CUDA, "a GPU is present but tat_ext._C was built without CUDA kernels"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS + CUDA_LAYOUTS, ids=lambda l: l.id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias_kind", ["none", "same", "fp32"])
+def test_matches_cpu_kernels_and_fp64(layout, dtype, bias_kind):
+    seed = zlib.crc32(f"{layout.id}-{dtype}".encode()) % 1000
+    x = make_input(layout, dtype, device="cuda", seed=seed)
+    bias_dtype = {"none": None, "same": dtype, "fp32": torch.float32}[bias_kind]
+    bias = make_bias(x, layout.channel_dim, bias_dtype)
+    grad_out = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    x_cpu, bias_cpu = x.cpu(), None if bias is None else bias.cpu()
+    for i, p in enumerate(PARAMS):
+        if i % 2 != seed % 2 and i != 1:
+            continue  # every case sees TReLU and half of the other parameter sets
+        for save in _saves(p):
+            kw = dict(p, channel_dim=layout.channel_dim, save=save)
+            what = f"({save}, {p})"
+            y, grads = _fwd_bwd(tat_ext.trelu, x, bias, grad_out.cuda(), **kw)
+            y_cpu, grads_cpu = _fwd_bwd(tat_ext.trelu, x_cpu, bias_cpu, grad_out, **kw)
+            assert y.stride() == torch.empty_like(x).stride(), "memory format not kept"
+            assert torch.equal(y.cpu(), y_cpu), f"forward differs from the CPU kernel {what}"
+            assert torch.equal(grads[0].cpu(), grads_cpu[0]), f"grad_x differs from CPU {what}"
+            if bias is not None:
+                assert grads[1].dtype == bias.dtype
+                rtol = torch.finfo(bias.dtype).eps if bias.dtype.itemsize < 4 else 0.0
+                atol = _grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
+                torch.testing.assert_close(grads[1].cpu().double(), grads_cpu[1].double(),
+                                           rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+            if save == "mask" and y.stride() == y_cpu.stride():  # bit order = y's memory order
+                args = (p["slope"], p["scale"], p["in_shift"], p["out_shift"], layout.channel_dim,
+                        SAVE_KIND["mask"])
+                _, mask = torch.ops.tat_ext.trelu_forward(x, bias, *args)
+                _, mask_cpu = torch.ops.tat_ext.trelu_forward(x_cpu, bias_cpu, *args)
+                assert torch.equal(mask.cpu(), mask_cpu), f"packed mask differs {what}"
+        if dtype.itemsize == 2 and x.numel() > 0:
+            kw = dict(p, channel_dim=layout.channel_dim)
+            _assert_within_twice_pytorch(x, bias, grad_out.cuda(), kw)
+
+
+def _assert_within_twice_pytorch(x, bias, grad_out, p):
+    """fp16/bf16: error vs an fp64 reference at most 2x that of PyTorch's eager chain (same GPU)."""
+    y, (gx, *_) = _fwd_bwd(tat_ext.trelu, x, bias, grad_out, **p, save="mask")
+    y_eager, (gx_eager, *_) = _fwd_bwd(eager_chain, x, bias, grad_out, **p)
+    y64, (gx64, *_) = _fwd_bwd(fp64_reference, x, bias, grad_out.double(), **p)
+    tiny = torch.finfo(x.dtype).tiny
+    assert max_abs_err(y, y64) <= 2 * max_abs_err(y_eager, y64) + tiny
+    assert max_abs_err(gx, gx64) <= 2 * max_abs_err(gx_eager, gx64) + tiny
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", [CUDA_LAYOUTS[2], CUDA_LAYOUTS[6], CUDA_LAYOUTS[9]],
+                         ids=lambda l: l.id)
+def test_full_precision_close_to_fp64(layout, dtype):
+    x = make_input(layout, dtype, device="cuda", seed=5)
+    bias = make_bias(x, layout.channel_dim, dtype)
+    grad_out = torch.randn(x.shape, dtype=dtype, device="cuda")
+    p = dict(slope=0.2, scale=1.3, in_shift=0.1, out_shift=0.05, channel_dim=layout.channel_dim)
+    y, (gx, gb) = _fwd_bwd(tat_ext.trelu, x, bias, grad_out, **p, save="input")
+    y64, (gx64, gb64) = _fwd_bwd(fp64_reference, x, bias, grad_out.double(), **p)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(y.double(), y64, **tol)
+    torch.testing.assert_close(gx.double(), gx64, **tol)
+    atol = _grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
+    torch.testing.assert_close(gb.double(), gb64, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("save", ["input", "output", "mask"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,memory", [((16, 64, 33, 33), "contiguous"),
+                                          ((32, 64, 17, 17), "channels_last"),
+                                          ((64, 48, 7, 7), "contiguous")])
+def test_grads_bitwise_reproducible(shape, memory, dtype, save):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(shape, device="cuda", generator=g).to(dtype)
+    if memory == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(shape[1], device="cuda", generator=g)
+    grad_out = torch.randn(shape, device="cuda", generator=g).to(dtype)
+    runs = [_fwd_bwd(tat_ext.trelu, x, bias, grad_out, slope=0.1, scale=1.2, save=save)
+            for _ in range(3)]
+    for y, (gx, gb) in runs[1:]:
+        assert torch.equal(y, runs[0][0])
+        assert torch.equal(gx, runs[0][1][0])
+        assert torch.equal(gb, runs[0][1][1]), "grad_bias is not bitwise reproducible"
+
+
+@pytest.mark.parametrize("memory", ["contiguous", "channels_last"])
+def test_misaligned_grad_output(memory):
+    """grad_y at an odd storage offset takes the scalar (non-16-byte) path of the backward."""
+    x = torch.randn(4, 32, 20, 20, device="cuda")
+    if memory == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(32, device="cuda")
+    flat = torch.randn(x.numel() + 1, device="cuda")
+    odd = flat[1:].as_strided(x.shape, x.stride())  # x's layout, 4 bytes off 16-byte alignment
+    assert odd.data_ptr() % 16 != 0
+    aligned = odd.clone()
+    for save in ("input", "output", "mask"):
+        _, (gx, gb) = _fwd_bwd(tat_ext.trelu, x, bias, odd, slope=0.1, scale=1.2, save=save)
+        _, (gx_ref, gb_ref) = _fwd_bwd(tat_ext.trelu, x, bias, aligned, slope=0.1, scale=1.2,
+                                       save=save)
+        assert torch.equal(gx, gx_ref)
+        torch.testing.assert_close(gb, gb_ref)
+
+
+def test_runs_on_the_current_stream():
+    """Input written on a side stream behind slow work: the op must queue on that stream."""
+    x = torch.randn(8, 16, 64, 64, device="cuda")
+    bias = torch.randn(16, device="cuda")
+    expected = tat_ext.trelu(x, bias, slope=0.1, scale=1.2)
+    staged = torch.zeros_like(x)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        big = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+        for _ in range(5):
+            big.fill_(1)
+        staged.copy_(x)
+        y = tat_ext.trelu(staged, bias, slope=0.1, scale=1.2)
+    side.synchronize()
+    assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("save,dtype,memory", [("output", torch.bfloat16, "channels_last"),
+                                               ("mask", torch.float32, "contiguous")])
+def test_compile_fullgraph_fwd_bwd(save, dtype, memory):
+    torch._dynamo.reset()
+
+    def block(x, w, b):
+        h = torch.nn.functional.conv2d(x, w)
+        out_shift = 0.1 if save == "mask" else 0.0
+        return tat_ext.trelu(h, b, slope=0.15, scale=1.35, out_shift=out_shift, save=save)
+
+    fmt = torch.channels_last if memory == "channels_last" else torch.contiguous_format
+    x = torch.randn(4, 8, 20, 20, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.randn(16, 8, 3, 3, device="cuda", dtype=dtype, requires_grad=True)
+    b = torch.randn(16, device="cuda", requires_grad=True)
+    g = torch.randn(4, 16, 18, 18, device="cuda", dtype=dtype)
+    out_c = torch.compile(block, fullgraph=True)(x, w, b)
+    grads_c = torch.autograd.grad(out_c, (w, b), g)
+    out_e = block(x, w, b)
+    grads_e = torch.autograd.grad(out_e, (w, b), g)
+    torch.testing.assert_close(out_c, out_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)
+
+
+def test_bias_and_x_on_different_devices_raise_clearly():
+    x = torch.randn(2, 3, 4, device="cuda")
+    args = (0.1, 1.0, 0.0, 0.0, 1, SAVE_KIND["input"])
+    with pytest.raises(ValueError, match="bias is on cpu but x is on cuda"):
+        tat_ext.trelu(x, torch.randn(3), slope=0.1)
+    with pytest.raises(RuntimeError, match="bias is on cpu but x is on cuda"):
+        torch.ops.tat_ext.trelu_forward(x, torch.randn(3), *args)
+    with pytest.raises(RuntimeError, match="x is on cpu but another argument is on a CUDA"):
+        torch.ops.tat_ext.trelu_forward(x.cpu(), torch.randn(3, device="cuda"), *args)
+    with pytest.raises(RuntimeError, match="saved tensor is on cpu but grad_y is on cuda"):
+        torch.ops.tat_ext.trelu_backward(x, x.cpu(), None, SAVE_KIND["input"], 0.1, 1.0, 0.0, 0.0,
+                                         1, None)
+    with pytest.raises(RuntimeError, match="bias is on cpu"):
+        torch.ops.tat_ext.trelu_backward(x, x, torch.randn(3), SAVE_KIND["input"], 0.1, 1.0, 0.0,
+                                         0.0, 1, torch.float32)
+
+
+def test_over_2_pow_31_elements_bf16():
+    """64-bit indexing: 3 planes of 715,849,728 bf16 elements; checked around offset 2^31."""
+    shape = (1, 3, 32768, 21846)
+    numel = 3 * 32768 * 21846
+    assert numel > 2 ** 31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2 ** 30:
+        pytest.skip(f"needs ~24 GiB of free GPU memory, {free / 2 ** 30:.1f} GiB free")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
+    bias = torch.tensor([0.3, -0.2, 0.1], device="cuda", requires_grad=True)
+    p = dict(slope=0.1, scale=1.25, out_shift=0.05, save="mask")
+    y = tat_ext.trelu(x, bias, **p)
+    grad_out = torch.ones_like(y)
+    gx, gb = torch.autograd.grad(y, (x, bias), grad_out)
+    del grad_out
+    # Flat offset 2^31 lies in plane 2, row 32765: compare the rows around it, and plane 0's
+    # first rows, with the CPU kernel on the same slices.
+    for c, rows in ((2, slice(32760, None)), (0, slice(0, 4)), (1, slice(16000, 16004))):
+        xs = x.detach()[:, c:c + 1, rows].cpu().requires_grad_(True)
+        bs = bias.detach()[c:c + 1].cpu().requires_grad_(True)
+        ys = tat_ext.trelu(xs, bs, **p)
+        (gxs,) = torch.autograd.grad(ys, xs, torch.ones_like(ys))
+        assert torch.equal(y.detach()[:, c:c + 1, rows].cpu(), ys)
+        assert torch.equal(gx[:, c:c + 1, rows].cpu(), gxs)
+    # grad_bias[c] = scale * (#positive + slope * #non-positive) over the plane.
+    for c in range(3):
+        positive = (x.detach()[0, c].float() + bias.detach()[c] > 0).sum().item()
+        plane = shape[2] * shape[3]
+        want = p["scale"] * (positive + p["slope"] * (plane - positive))
+        # fp32 sums of 7e8 terms: a wrong plane or offset would be off by far more.
+        assert abs(gb[c].item() - want) <= 5e-4 * want, (c, gb[c].item(), want)
