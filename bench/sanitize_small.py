@@ -7,12 +7,14 @@ mode, with and without a bias gradient. Results are also checked against the CPU
 clean sanitizer run is a correct run too.
 
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 bench/sanitize_small.py
+  compute-sanitizer --tool racecheck python3 bench/sanitize_small.py --dtypes float32,bfloat16
 
 (without the caching allocator every tensor is its own allocation, so an access past a tensor's
 end is caught rather than landing in a neighbour's memory.)
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -32,7 +34,6 @@ CASES = [
     ((5, 77), 1, "contiguous", False),  # no bias: one flat plane
     ((0, 3, 4), 1, "contiguous", True),  # zero-size
 ]
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
 def make(shape, memory, dtype, device):
@@ -60,10 +61,13 @@ def run(x, bias, grad, save, slope, scale, out_shift, channel_dim):
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtypes", default="float32,bfloat16,float16,float64")
+    dtypes = [getattr(torch, d) for d in ap.parse_args().dtypes.split(",")]
     assert torch.cuda.is_available() and tat_ext._C.with_cuda, "needs a GPU and the CUDA build"
     checks = 0
     for shape, cd, memory, has_bias in CASES:
-        for dtype in DTYPES:
+        for dtype in dtypes:
             x = make(shape, memory, dtype, "cuda")
             bias = torch.randn(shape[cd], device="cuda") if has_bias else None
             grad = torch.randn(shape, device="cuda").to(dtype)
