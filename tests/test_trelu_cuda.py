@@ -119,7 +119,8 @@ def _assert_within_twice_pytorch(x, bias, grad_out, p):
     """fp16/bf16: error vs an fp64 reference at most 2x that of PyTorch's eager chain (same GPU)."""
     y, (gx, *_) = _fwd_bwd(tat_ext.trelu, x, bias, grad_out, **p, save="mask")
     y_eager, (gx_eager, *_) = _fwd_bwd(eager_chain, x, bias, grad_out, **p)
-    y64, (gx64, *_) = _fwd_bwd(fp64_reference, x, bias, grad_out.double(), **p)
+    b64 = None if bias is None else bias.double()
+    y64, (gx64, *_) = _fwd_bwd(fp64_reference, x.double(), b64, grad_out.double(), **p)
     tiny = torch.finfo(x.dtype).tiny
     assert max_abs_err(y, y64) <= 2 * max_abs_err(y_eager, y64) + tiny
     assert max_abs_err(gx, gx64) <= 2 * max_abs_err(gx_eager, gx64) + tiny
@@ -134,12 +135,35 @@ def test_full_precision_close_to_fp64(layout, dtype):
     grad_out = torch.randn(x.shape, dtype=dtype, device="cuda")
     p = dict(slope=0.2, scale=1.3, in_shift=0.1, out_shift=0.05, channel_dim=layout.channel_dim)
     y, (gx, gb) = _fwd_bwd(tat_ext.trelu, x, bias, grad_out, **p, save="input")
-    y64, (gx64, gb64) = _fwd_bwd(fp64_reference, x, bias, grad_out.double(), **p)
+    y64, (gx64, gb64) = _fwd_bwd(fp64_reference, x.double(), bias.double(), grad_out.double(),
+                                 **p)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-14)
     torch.testing.assert_close(y.double(), y64, **tol)
     torch.testing.assert_close(gx.double(), gx64, **tol)
     atol = _grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
     torch.testing.assert_close(gb.double(), gb64, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_subnormals_nan_inf_like_cpu(dtype):
+    """Subnormal inputs and outputs (no flush to zero), y > 0 exactly when z > 0 even where
+    scale * z underflows (the positive floor), NaN/inf propagation: all as on the CPU."""
+    info = torch.finfo(dtype)
+    m = info.smallest_normal * info.eps  # smallest positive subnormal
+    vals = [m, 3 * m, -m, 0.0, info.smallest_normal, 1.0, -1.0, float("nan"), float("inf"),
+            -float("inf")]
+    x = torch.tensor(vals, dtype=torch.float64).to(dtype).repeat(7, 1)
+    for save in ("input", "output", "mask"):
+        out_shift = 0.1 if save == "mask" else 0.0
+        kw = dict(slope=0.1, scale=0.25, out_shift=out_shift, save=save)
+        y, (gx,) = _fwd_bwd(tat_ext.trelu, x.cuda(), None, torch.ones(x.shape, dtype=dtype,
+                                                                   device="cuda"), **kw)
+        y_cpu, (gx_cpu,) = _fwd_bwd(tat_ext.trelu, x, None, torch.ones_like(x), **kw)
+        assert torch.equal(y.cpu().nan_to_num(7.0), y_cpu.nan_to_num(7.0)), save
+        assert torch.equal(gx.cpu(), gx_cpu), save
+        if save == "output":
+            finite = x.isfinite()
+            assert torch.equal((y.cpu() > 0)[finite], (x > 0)[finite])
 
 
 @pytest.mark.parametrize("save", ["input", "output", "mask"])
