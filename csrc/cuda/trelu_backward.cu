@@ -1,8 +1,8 @@
 // Backward of the fused transformed Leaky ReLU: grad_x = dL/dz from grad_y and the saved tensor
 // (x, y or the packed mask), and grad_bias[c] = sum of dL/dz over channel c, in ONE pass over
 // grad_y. No float atomics: each block writes its partial sums (acc_t) to its own workspace
-// slots, and a second kernel adds them per channel in a fixed order, so grad_bias is bitwise
-// reproducible run to run.
+// slots, and a second stage (reduce_channel_partials, a level or two of small launches) adds
+// them per channel in a fixed order, so grad_bias is bitwise reproducible run to run.
 //  - plane grid (NCHW-like, see trelu_forward.cu): a segment lies in one plane, so it has ONE
 //    partial sum; workspace [outer, C, chunks].
 //  - column grid (channels_last and other short planes): the tensor is [rows, P = C * inner];
@@ -29,6 +29,7 @@ constexpr int64_t kColTargetBlocks = 2048;  // enough blocks for every SM of an 
 // Rows per column block at least: bounds the workspace at 1/kMinRows of grad_y's elements.
 constexpr int64_t kMinRows = 32;
 constexpr int kReduceThreads = 256;
+constexpr int64_t kReduceTermsPerThread = 16;  // per level of the second stage
 
 // Loads and computes the slots of one thread (kUnroll of them); see ForwardSlots.
 template <typename scalar_t, int VEC, SaveKind kKind>
@@ -197,24 +198,57 @@ __global__ void __launch_bounds__(kColThreads)
   }
 }
 
-// grad_bias[c] = sum over a < outer, b < inner of partial[(a * channels + c) * inner + b].
-// blockDim = (channels per block, threads per channel); a thread adds every blockDim.y-th term
-// of its channel in order, then the block folds them in a fixed tree: same bits every run.
+// The second stage: out[s, c] = sum of in[(a * channels + c) * inner + b] over the s-th run of
+// `span` terms of the (a, b) sequence, a-major. blockDim = (channels per block, threads per
+// channel), grid = (channel blocks, runs): a thread adds every blockDim.y-th term of its run in
+// order, then the block folds them in a fixed tree. Repeated on [runs, C, 1] until one run is
+// left (ReduceLevel), so every SM helps and the result is the same bits every time.
 template <typename acc_t>
 __global__ void __launch_bounds__(kReduceThreads)
-    reduce_channel_partials(const acc_t* __restrict__ partial, int64_t outer, int64_t channels,
-                            int64_t inner, DivMod64 by_inner, acc_t* __restrict__ grad_bias) {
+    reduce_channel_partials(const acc_t* __restrict__ in, int64_t channels, int64_t inner,
+                            int64_t count, int64_t span, DivMod64 by_inner,
+                            acc_t* __restrict__ out) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  const int64_t begin = int64_t{blockIdx.y} * span;
+  const int64_t end = begin + span < count ? begin + span : count;
   acc_t sum[1] = {0};
   if (c < channels) {
-    for (int64_t t = threadIdx.y; t < outer * inner; t += blockDim.y) {
+    for (int64_t t = begin + threadIdx.y; t < end; t += blockDim.y) {
       const int64_t a = by_inner.div(t);
-      sum[0] += partial[(a * channels + c) * inner + (t - a * inner)];
+      sum[0] += in[(a * channels + c) * inner + (t - a * inner)];
     }
   }
   __shared__ acc_t red[kReduceThreads];
   sum_over_y(red, sum);
-  if (threadIdx.y == 0 && c < channels) grad_bias[c] = sum[0];
+  if (threadIdx.y == 0 && c < channels) out[int64_t{blockIdx.y} * channels + c] = sum[0];
+}
+
+// One launch of reduce_channel_partials: sums `count` terms per channel into `runs` values.
+struct ReduceLevel {
+  int64_t inner, count, span, runs;
+  dim3 block, grid;
+};
+
+// Calls f(level) for each level that takes the [outer, channels, inner] partials down to one
+// value per channel; the last level has runs == 1.
+template <typename F>
+void for_each_reduce_level(int64_t outer, int64_t channels, int64_t inner, F&& f) {
+  const int64_t lanes = std::min<int64_t>(channels, 32);
+  const int64_t per_channel = kReduceThreads / lanes;
+  const int64_t span = per_channel * kReduceTermsPerThread;
+  const int64_t channel_blocks = ceil_div(channels, lanes);
+  TORCH_CHECK(channel_blocks <= INT_MAX, "trelu_backward (CUDA): too many channels");
+  int64_t count = outer * inner;
+  while (true) {
+    const int64_t runs = ceil_div(count, span);
+    TORCH_CHECK(runs <= 65535, "trelu_backward (CUDA): too many partial sums");
+    f(ReduceLevel{inner, count, span, runs,
+                  dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(per_channel)),
+                  dim3(static_cast<unsigned>(channel_blocks), static_cast<unsigned>(runs))});
+    if (runs == 1) return;
+    count = runs;
+    inner = 1;
+  }
 }
 
 template <typename scalar_t, int VEC, SaveKind kKind>
@@ -269,7 +303,13 @@ BackwardLaunch plan_trelu_backward(const BackwardParams<scalar_t, acc_type_of<sc
     plan.reduce_outer = p.numel / (p.channels * p.inner);
     plan.reduce_inner = make_plane_grid(p.numel, p.channels, p.inner, vec).chunks;
   }
-  plan.workspace = p.bias_grad ? plan.reduce_outer * p.channels * plan.reduce_inner : 0;
+  if (p.bias_grad) {
+    plan.workspace = plan.reduce_outer * p.channels * plan.reduce_inner;
+    for_each_reduce_level(plan.reduce_outer, p.channels, plan.reduce_inner,
+                          [&](const ReduceLevel& l) {
+                            if (l.runs > 1) plan.workspace += l.runs * p.channels;
+                          });
+  }
   return plan;
 }
 
@@ -290,14 +330,18 @@ void launch_trelu_backward(const BackwardParams<scalar_t, acc_type_of<scalar_t>>
     launch_kind<scalar_t, 1>(p, plan, workspace, stream);
   }
   if (!p.bias_grad) return;
-  const int64_t lanes = std::min<int64_t>(p.channels, 32);
-  const dim3 block(static_cast<unsigned>(lanes), static_cast<unsigned>(kReduceThreads / lanes));
-  const int64_t blocks = ceil_div(p.channels, lanes);
-  TORCH_CHECK(blocks <= INT_MAX, "trelu_backward (CUDA): too many channels");
-  reduce_channel_partials<acc_t><<<static_cast<unsigned>(blocks), block, 0, stream>>>(
-      workspace, plan.reduce_outer, p.channels, plan.reduce_inner, DivMod64(plan.reduce_inner),
-      grad_bias);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Each level reads the previous one's sums and writes its own after them in the workspace.
+  const acc_t* in = workspace;
+  acc_t* next = workspace + plan.reduce_outer * p.channels * plan.reduce_inner;
+  for_each_reduce_level(plan.reduce_outer, p.channels, plan.reduce_inner,
+                        [&](const ReduceLevel& l) {
+                          acc_t* out = l.runs == 1 ? grad_bias : next;
+                          reduce_channel_partials<acc_t><<<l.grid, l.block, 0, stream>>>(
+                              in, p.channels, l.inner, l.count, l.span, DivMod64(l.inner), out);
+                          C10_CUDA_KERNEL_LAUNCH_CHECK();
+                          in = out;
+                          next = out + l.runs * p.channels;
+                        });
 }
 
 #define TAT_INSTANTIATE_BACKWARD(scalar_t)                                          \

@@ -49,7 +49,8 @@ struct BackwardLaunch {
   bool vectorized;  // 16-byte accesses
   // The partial sums form a [reduce_outer, channels, reduce_inner] array of acc_t (plane grid:
   // [outer, C, chunks of a plane]; column grid: [row blocks, C, inner]) that the second stage
-  // sums over its first and last axes. workspace = its element count (0 without bias_grad).
+  // sums over its first and last axes. workspace = its element count plus the second stage's
+  // intermediate sums, in acc_t elements (0 without bias_grad).
   int64_t reduce_outer, reduce_inner;
   int64_t workspace;
 };
