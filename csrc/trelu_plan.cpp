@@ -92,6 +92,13 @@ at::Tensor make_b_eff(const at::Tensor& x, const c10::optional<at::Tensor>& bias
 
 }  // namespace
 
+std::tuple<at::Tensor, at::Tensor> empty_backward_result(const BackwardPlan& p) {
+  at::Tensor grad_bias =
+      p.want_bias_grad ? at::zeros({p.bias_grad_size}, p.grad_y.options().dtype(p.bias_grad_dtype))
+                       : at::empty({0}, p.grad_y.options());
+  return {p.grad_x, grad_bias};
+}
+
 int64_t mask_bytes(int64_t numel) {
   return (numel + kMaskWordBits - 1) / kMaskWordBits * (kMaskWordBits / 8);
 }
@@ -179,9 +186,11 @@ BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
                     "trelu_backward: save='input' with a bias gradient needs the bias");
   p.want_bias_grad = bias_grad_dtype.has_value();
   p.bias_grad_dtype = bias_grad_dtype.value_or(at::kFloat);
+  p.bias_grad_size = 0;
   if (p.want_bias_grad) {
     // The channel structure comes from the bias (if any) or from channel_dim alone.
     channel_dim = wrap_channel_dim(grad_y, channel_dim);
+    p.bias_grad_size = grad_y.size(channel_dim);
     ChannelLayout l{p.grad_y.numel(), p.grad_y.size(channel_dim), p.grad_y.stride(channel_dim)};
     if (l.channels <= 1) l = ChannelLayout{l.numel, 1, std::max<int64_t>(l.numel, 1)};
     p.layout = l;

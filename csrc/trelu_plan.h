@@ -7,6 +7,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <tuple>
 
 #include "trelu_math.h"
 
@@ -33,6 +34,7 @@ struct BackwardPlan {
   at::Tensor b_eff;      // defined only for SaveKind::Input
   bool want_bias_grad;
   at::ScalarType bias_grad_dtype;
+  int64_t bias_grad_size;  // channels of the bias gradient (may be 0; layout.channels is >= 1)
   ChannelLayout layout;
   SaveKind kind;
 };
@@ -45,6 +47,9 @@ BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
                            const c10::optional<at::Tensor>& bias, int64_t save_kind, double slope,
                            double scale, double in_shift, double out_shift, int64_t channel_dim,
                            c10::optional<at::ScalarType> bias_grad_dtype);
+
+// (grad_x, grad_bias) for an input with no elements: nothing to launch, a zero bias gradient.
+std::tuple<at::Tensor, at::Tensor> empty_backward_result(const BackwardPlan& p);
 
 // Size in bytes of the packed mask for n elements (whole 32-bit words).
 int64_t mask_bytes(int64_t numel);

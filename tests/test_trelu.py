@@ -180,6 +180,15 @@ def test_zero_size_gives_empty_output_and_zero_bias_grad():
     assert torch.equal(gb, torch.zeros(4))
 
 
+@pytest.mark.parametrize("shape", [(2, 0, 3), (0, 4)])
+def test_zero_channels_or_rows_give_bias_grad_of_the_right_shape(shape):
+    x = torch.randn(shape, requires_grad=True)
+    bias = torch.randn(shape[1], requires_grad=True)
+    for save in ("input", "output", "mask"):
+        gx, gb = torch.autograd.grad(tat_ext.trelu(x, bias, slope=0.1, save=save).sum(), (x, bias))
+        assert gx.shape == x.shape and torch.equal(gb, torch.zeros(shape[1]))
+
+
 def test_non_dense_grad_output_is_handled():
     """y.sum().backward() hands the op an expanded (stride-0) gradient."""
     x = torch.randn(3, 5, 6, 7).contiguous(memory_format=torch.channels_last).requires_grad_(True)

@@ -219,13 +219,11 @@ at::Tensor backward_kernel(BackwardPlan& p, double slope, double scale, double o
   const int64_t channels = p.layout.channels;
   const auto acc = p.grad_y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (!p.want_bias_grad) {
-    if (p.layout.numel > 0) backward_tiles<scalar_t, kKind, false>(p, runs, g, k, nullptr);
+    backward_tiles<scalar_t, kKind, false>(p, runs, g, k, nullptr);
     return at::Tensor();
   }
   at::Tensor partial = at::zeros({g.partial_rows(), channels}, p.grad_y.options().dtype(acc));
-  if (p.layout.numel > 0) {
-    backward_tiles<scalar_t, kKind, true>(p, runs, g, k, partial.data_ptr<acc_t>());
-  }
+  backward_tiles<scalar_t, kKind, true>(p, runs, g, k, partial.data_ptr<acc_t>());
   // Ordered reduction of the per-tile partial sums: same bits for any thread count.
   at::Tensor grad_bias = at::empty({channels}, partial.options());
   const acc_t* part = partial.data_ptr<acc_t>();
@@ -253,6 +251,7 @@ std::tuple<at::Tensor, at::Tensor> trelu_backward_cpu(
     int64_t channel_dim, c10::optional<at::ScalarType> bias_grad_dtype) {
   BackwardPlan p = plan_backward(grad_y, saved, bias, save_kind, slope, scale, in_shift, out_shift,
                                  channel_dim, bias_grad_dtype);
+  if (p.layout.numel == 0) return empty_backward_result(p);
   at::Tensor grad_bias;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.grad_y.scalar_type(),
                                   "trelu_backward_cpu", [&] {

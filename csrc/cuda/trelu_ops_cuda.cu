@@ -58,6 +58,7 @@ std::tuple<at::Tensor, at::Tensor> trelu_backward_cuda(
   const c10::cuda::CUDAGuard guard(grad_y.device());
   BackwardPlan p = plan_backward(grad_y, saved, bias, save_kind, slope, scale, in_shift, out_shift,
                                  channel_dim, bias_grad_dtype);
+  if (p.layout.numel == 0) return empty_backward_result(p);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor grad_bias;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.grad_y.scalar_type(),
