@@ -6,11 +6,19 @@ channels_last, it times
   compile   torch.compile of that same function (same run, same inputs)
   fused     tat_ext.trelu(x, bias, slope=, scale=)          (save="auto" -> "output")
 and prints time, effective bandwidth (minimum bytes: fwd reads x + writes y; bwd reads grad_y +
-the saved tensor and writes grad_x), its % of the copy bandwidth measured in the same run, and the
+the saved tensor and writes grad_x), its % of two copy ceilings measured in the same run, and the
 ratios fused/eager and fused/compile (speed-ups, > 1 is faster). bwd is fwd+bwd minus fwd.
+The ceilings: `copy` = dst.copy_(src) into a preallocated buffer; `clone` = src.clone(), which,
+like any op returning a new tensor, also pays for fresh output memory (on the CPU, page faults of a
+new allocation — a large share of the time there).
 
   python bench/bench_act.py                         # CPU, default sizes
   python bench/bench_act.py --device cuda --sizes-mb 16,64,256,1024 --json out.json
+
+On the CPU, a large new tensor costs page faults on every allocation (glibc returns blocks over
+32 MB to the OS when freed), for every variant alike; run with
+MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 to keep freed memory in the
+process and see the kernels against the copy ceiling.
 """
 from __future__ import annotations
 
@@ -72,12 +80,13 @@ class Timer:
         return statistics.median(times)
 
 
-def copy_bandwidth(timer: Timer, device: str, nbytes: int) -> float:
-    """Bytes read + written per second by a plain device copy (the ceiling for this op)."""
+def copy_bandwidths(timer: Timer, device: str, nbytes: int) -> tuple[float, float]:
+    """Bytes read + written per second by a copy into a preallocated buffer, and by clone()."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    t = timer(lambda: dst.copy_(src))
-    return 2 * nbytes / t
+    t_copy = timer(lambda: dst.copy_(src))
+    t_clone = timer(lambda: src.clone())
+    return 2 * nbytes / t_copy, 2 * nbytes / t_clone
 
 
 def make_inputs(size_mb: float, dtype: torch.dtype, layout: str, device: str):
@@ -139,25 +148,33 @@ def main(argv=None) -> int:
     timer = Timer(args.device, args.min_time, args.min_reps, args.max_reps)
     machine = (torch.cuda.get_device_name(0) if args.device == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    ceiling = copy_bandwidth(timer, args.device, int(max(256, max(sizes)) * 2**20) if args.device == "cuda"
-                             else int(min(max(sizes), 256) * 2**20))
+    ceiling, clone_ceiling = copy_bandwidths(
+        timer, args.device,
+        int(max(256, max(sizes)) * 2**20) if args.device == "cuda" else int(min(max(sizes), 256) * 2**20))
     print(f"# bench_act: {args.device} ({machine}); torch {torch.__version__}; python {platform.python_version()}")
-    print(f"# command: python {' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}")
-    print(f"# copy bandwidth ceiling (read+write): {ceiling / 1e9:.1f} GB/s")
-    print("# time in ms; GB/s = minimum bytes / time; %ceil = GB/s / copy ceiling; "
+    malloc_env = " ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                                            "THP_MEM_ALLOC_ENABLE") if k in os.environ)
+    print(f"# command: {malloc_env + ' ' if malloc_env else ''}python "
+          f"{' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}")
+    print(f"# copy ceilings (read+write): copy_ into a preallocated buffer {ceiling / 1e9:.1f} GB/s; "
+          f"clone() {clone_ceiling / 1e9:.1f} GB/s")
+    print("# time in ms; GB/s = minimum bytes / time; %copy, %clone = GB/s / ceiling; "
           "x-eager, x-compile = speed-up of fused (>1 is faster)")
     header = (f"{'dtype':9} {'layout':13} {'MB':>6} {'pass':7} {'eager':>9} {'compile':>9} {'fused':>9} "
-              f"{'GB/s':>7} {'%ceil':>6} {'x-eager':>8} {'x-compile':>9}")
+              f"{'GB/s':>7} {'%copy':>6} {'%clone':>6} {'x-eager':>8} {'x-compile':>9}")
     print(header)
     print("-" * len(header))
 
     fns = {"eager": eager_chain, "fused": fused}
-    if not args.no_compile:
-        fns["compile"] = torch.compile(eager_chain, dynamic=False)
     records = []
     for dtype in dtypes:
         for layout in layouts:
             for size in sizes:
+                if not args.no_compile:
+                    # A fresh compilation per configuration: reusing one would hit dynamo's
+                    # recompile limit across shapes and silently fall back to eager.
+                    torch._dynamo.reset()
+                    fns["compile"] = torch.compile(eager_chain, dynamic=False)
                 x, bias = make_inputs(size, dtype, layout, args.device)
                 res = bench_one(timer, fns, x, bias)
                 nbytes = x.numel() * x.element_size()
@@ -168,6 +185,7 @@ def main(argv=None) -> int:
                     rec = dict(dtype=str(dtype).replace("torch.", ""), layout=layout, mb=nbytes / 2**20,
                                shape=list(x.shape), phase=phase, ms={k: v * 1e3 for k, v in t.items()},
                                fused_gbs=gbs, pct_ceiling=100 * gbs * 1e9 / ceiling,
+                               pct_clone_ceiling=100 * gbs * 1e9 / clone_ceiling,
                                speedup_vs_eager=t["eager"] / t["fused"] if t["fused"] else math.inf,
                                speedup_vs_compile=(t["compile"] / t["fused"] if "compile" in t and t["fused"]
                                                    else None))
@@ -176,11 +194,13 @@ def main(argv=None) -> int:
                     xc = f"{rec['speedup_vs_compile']:9.2f}" if rec["speedup_vs_compile"] else f"{'-':>9}"
                     print(f"{rec['dtype']:9} {layout:13} {rec['mb']:6.0f} {phase:7} {t['eager'] * 1e3:9.3f} "
                           f"{comp} {t['fused'] * 1e3:9.3f} {gbs:7.1f} {rec['pct_ceiling']:6.1f} "
+                          f"{rec['pct_clone_ceiling']:6.1f} "
                           f"{rec['speedup_vs_eager']:8.2f} {xc}", flush=True)
                 del x, bias
     if args.json:
         payload = dict(device=args.device, machine=machine, torch=torch.__version__,
-                       copy_ceiling_gbs=ceiling / 1e9, command=" ".join(sys.argv), results=records)
+                       copy_ceiling_gbs=ceiling / 1e9, clone_ceiling_gbs=clone_ceiling / 1e9,
+                       command=" ".join(sys.argv), results=records)
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=1)
