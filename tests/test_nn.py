@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import tat_ext
 from tat_ext import reference
 from tat_ext.nn import TATConv2d, TATLinear, TReLU, trelu_scale
 

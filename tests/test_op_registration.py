@@ -7,6 +7,7 @@ import torch
 import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.ops import SAVE_KIND
+from trelu_cases import assert_compiled_matches_eager
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
 
@@ -54,15 +55,7 @@ def test_compile_fullgraph_matches_eager(save):
     x = torch.randn(2, 3, 9, 9).contiguous(memory_format=torch.channels_last)
     w = torch.randn(6, 3, 3, 3, requires_grad=True)
     b = torch.randn(6, requires_grad=True)
-    compiled = torch.compile(block, fullgraph=True)
-    g = torch.randn(2, 6)
-    out_c = compiled(x, w, b)
-    grads_c = torch.autograd.grad(out_c, (w, b), g)
-    out_e = block(x, w, b)
-    grads_e = torch.autograd.grad(out_e, (w, b), g)
-    torch.testing.assert_close(out_c, out_e)
-    for gc, ge in zip(grads_c, grads_e):
-        torch.testing.assert_close(gc, ge)
+    assert_compiled_matches_eager(block, (x, w, b), (w, b), torch.randn(2, 6))
 
 
 def test_compile_traces_the_custom_op_not_the_reference():

@@ -1,15 +1,13 @@
 """The fused CPU kernels against the pure-PyTorch reference (and an fp64 reference)."""
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 import tat_ext
 from tat_ext import _extension, reference
-from trelu_cases import (DTYPES, LAYOUTS, eager_chain, fp64_reference, make_bias, make_input,
-                         max_abs_err)
+from trelu_cases import (DTYPES, LAYOUTS, eager_chain, fp64_reference, grad_bias_atol, make_bias,
+                         make_input, max_abs_err)
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
 
@@ -24,11 +22,9 @@ PARAMS = [
 ]
 SAVES = ["input", "output", "mask", "auto"]
 
-
 def _valid_saves(p):
     exact = p["slope"] >= 0 and p["scale"] > 0 and p["out_shift"] == 0
     return [s for s in SAVES if s != "output" or exact]
-
 
 def _run(fn, x, bias, grad_out, **kw):
     x = x.detach().clone().requires_grad_(True)  # clone keeps x's strides
@@ -38,17 +34,6 @@ def _run(fn, x, bias, grad_out, **kw):
     grads = torch.autograd.grad(y, inputs, grad_out) if y.numel() else (torch.zeros_like(x),) + (
         () if b is None else (torch.zeros_like(b),))
     return y, grads
-
-
-def _grad_bias_atol(x, grad_out, scale, channel_dim, dtype):
-    """fp32 sums in a different order: bound by eps * sum |dz| per channel."""
-    if x.numel() == 0:
-        return 0.0
-    dims = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
-    mass = (grad_out.double().abs() * abs(scale)).sum(dim=dims).max().item()
-    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
-    return 4 * eps * mass + 1e-30
-
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -75,13 +60,12 @@ def test_matches_reference(layout, dtype, bias_kind):
             torch.testing.assert_close(grads[0], grads_ref[0], rtol=rtol, atol=1e-30,
                                        msg=lambda m: f"grad_x ({save}, {p}): {m}")
             if bias is not None:
-                atol = _grad_bias_atol(x, grad_out, p["scale"], layout.channel_dim, dtype)
+                atol = grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
                 assert grads[1].dtype == bias.dtype
                 # A low-precision bias gets its fp32 sum rounded once more: 1 ulp of its dtype.
                 rtol = torch.finfo(bias.dtype).eps if bias.dtype.itemsize < 4 else 0.0
                 torch.testing.assert_close(grads[1].double(), grads_ref[1].double(), rtol=rtol,
                                            atol=atol)
-
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", [LAYOUTS[7], LAYOUTS[8], LAYOUTS[3]], ids=lambda l: l.id)
@@ -97,7 +81,6 @@ def test_low_precision_error_within_twice_pytorch(layout, dtype):
     tiny = torch.finfo(dtype).tiny
     assert max_abs_err(y, y64) <= 2 * max_abs_err(y_eager, y64) + tiny
     assert max_abs_err(gx, gx64) <= 2 * max_abs_err(gx_eager, gx64) + tiny
-
 
 @pytest.mark.parametrize("save", ["input", "output", "mask"])
 @pytest.mark.parametrize("memory", ["contiguous", "channels_last"])
@@ -119,13 +102,11 @@ def test_gradcheck_float64(save, memory):
 
     assert torch.autograd.gradcheck(fn, (x, bias))
 
-
 def test_gradient_at_zero_is_slope():
     x = torch.tensor([[-1.0, 0.0, 2.0]], requires_grad=True)
     y = tat_ext.trelu(x, slope=0.25, scale=2.0, save="input")
     (gx,) = torch.autograd.grad(y.sum(), x)
     assert gx.tolist() == [[0.5, 0.5, 2.0]]
-
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_output_mode_exact_when_scale_times_z_underflows(dtype):
@@ -144,13 +125,11 @@ def test_output_mode_exact_when_scale_times_z_underflows(dtype):
     assert torch.equal(grads["output"], grads["input"])
     assert torch.equal(grads["mask"], grads["input"])
 
-
 def test_nan_and_inf_propagate_like_pytorch():
     x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1.0, -1.0]])
     for save in ("input", "output", "mask"):
         y = tat_ext.trelu(x, slope=0.1, scale=1.5, save=save)
         torch.testing.assert_close(y, 1.5 * torch.nn.functional.leaky_relu(x, 0.1), equal_nan=True)
-
 
 @pytest.mark.parametrize("save", ["input", "output", "mask"])
 def test_grad_bias_deterministic_across_runs_and_threads(save):
@@ -170,7 +149,6 @@ def test_grad_bias_deterministic_across_runs_and_threads(save):
     for gx, gb in results[1:]:
         assert torch.equal(gx, results[0][0]) and torch.equal(gb, results[0][1])
 
-
 def test_zero_size_gives_empty_output_and_zero_bias_grad():
     x = torch.randn(0, 4, 3, requires_grad=True)
     bias = torch.randn(4, requires_grad=True)
@@ -179,7 +157,6 @@ def test_zero_size_gives_empty_output_and_zero_bias_grad():
     (gb,) = torch.autograd.grad(y.sum(), bias)
     assert torch.equal(gb, torch.zeros(4))
 
-
 @pytest.mark.parametrize("shape", [(2, 0, 3), (0, 4)])
 def test_zero_channels_or_rows_give_bias_grad_of_the_right_shape(shape):
     x = torch.randn(shape, requires_grad=True)
@@ -187,7 +164,6 @@ def test_zero_channels_or_rows_give_bias_grad_of_the_right_shape(shape):
     for save in ("input", "output", "mask"):
         gx, gb = torch.autograd.grad(tat_ext.trelu(x, bias, slope=0.1, save=save).sum(), (x, bias))
         assert gx.shape == x.shape and torch.equal(gb, torch.zeros(shape[1]))
-
 
 def test_non_dense_grad_output_is_handled():
     """y.sum().backward() hands the op an expanded (stride-0) gradient."""
@@ -199,14 +175,12 @@ def test_non_dense_grad_output_is_handled():
         torch.testing.assert_close(gx, gx_ref)
         torch.testing.assert_close(gb, gb_ref)
 
-
 def test_bias_only_requires_grad():
     x = torch.randn(4, 6, 5)
     bias = torch.randn(6, requires_grad=True)
     (gb,) = torch.autograd.grad(tat_ext.trelu(x, bias, slope=0.2).sum(), bias)
     (gb_ref,) = torch.autograd.grad(reference.trelu(x, bias, slope=0.2).sum(), bias)
     torch.testing.assert_close(gb, gb_ref)
-
 
 def test_auto_save_mode_choice():
     x = torch.randn(2, 3, 4, requires_grad=True)
@@ -218,7 +192,6 @@ def test_auto_save_mode_choice():
         counts[out_shift] = [t.dtype for t in seen]
     assert counts[0.0] == [torch.float32]  # y ("output")
     assert counts[0.5] == [torch.uint8]  # the packed mask
-
 
 def test_fallback_to_reference_warns_once(monkeypatch):
     monkeypatch.setattr(_extension, "AVAILABLE", False)
@@ -233,7 +206,6 @@ def test_fallback_to_reference_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tat_ext.trelu(x, slope=0.1)  # second call: no new warning
-
 
 BAD_INPUTS = [
     (dict(x=torch.arange(6).view(2, 3)), TypeError, "x must be float"),
@@ -255,7 +227,6 @@ BAD_INPUTS = [
     (dict(save="output", scale=-1.0), ValueError, "save='output'"),
 ]
 
-
 @pytest.mark.parametrize("fn", [tat_ext.trelu, reference.trelu], ids=["fused", "reference"])
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c[2])
 def test_bad_input_raises_naming_the_argument(fn, case):
@@ -265,7 +236,6 @@ def test_bad_input_raises_naming_the_argument(fn, case):
     x, bias = kw.pop("x"), kw.pop("bias")
     with pytest.raises(exc, match=match):
         fn(x, bias, **kw)
-
 
 def test_raw_op_rejects_bad_save_kind_and_mask_size():
     x = torch.randn(2, 3)

@@ -11,8 +11,8 @@ import torch
 import tat_ext
 from tat_ext import _extension
 from tat_ext.ops import SAVE_KIND
-from trelu_cases import (DTYPES, LAYOUTS, Layout, eager_chain, fp64_reference, make_bias,
-                         make_input, max_abs_err)
+from trelu_cases import (DTYPES, LAYOUTS, Layout, assert_compiled_matches_eager, eager_chain,
+                         fp64_reference, grad_bias_atol, make_bias, make_input, max_abs_err)
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
@@ -47,11 +47,9 @@ PARAMS = [
     dict(slope=-0.3, scale=-0.9, in_shift=-0.2, out_shift=0.0),
 ]
 
-
 def _saves(p):
     exact = p["slope"] >= 0 and p["scale"] > 0 and p["out_shift"] == 0
     return ["input", "output", "mask"] if exact else ["input", "mask"]
-
 
 def _fwd_bwd(fn, x, bias, grad_out, **kw):
     x = x.detach().clone().requires_grad_(True)  # clone keeps x's strides
@@ -62,20 +60,8 @@ def _fwd_bwd(fn, x, bias, grad_out, **kw):
         return y, tuple(torch.zeros_like(t) for t in inputs)
     return y, torch.autograd.grad(y, inputs, grad_out)
 
-
-def _grad_bias_atol(grad_out, scale, channel_dim, dtype):
-    """Sums in different orders (fp32, fp64 for fp64): eps * sum |dz| per channel, times 4."""
-    if grad_out.numel() == 0:
-        return 0.0
-    dims = [d for d in range(grad_out.dim()) if d != channel_dim % grad_out.dim()]
-    mass = (grad_out.double().abs() * abs(scale)).sum(dim=dims).max().item()
-    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
-    return 4 * eps * mass + 1e-30
-
-
 def test_extension_has_cuda_kernels():
     assert _extension.WITH_CUDA, "a GPU is present but tat_ext._C was built without CUDA kernels"
-
 
 @pytest.mark.parametrize("layout", LAYOUTS + CUDA_LAYOUTS, ids=lambda l: l.id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -101,7 +87,7 @@ def test_matches_cpu_kernels_and_fp64(layout, dtype, bias_kind):
             if bias is not None:
                 assert grads[1].dtype == bias.dtype
                 rtol = torch.finfo(bias.dtype).eps if bias.dtype.itemsize < 4 else 0.0
-                atol = _grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
+                atol = grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
                 torch.testing.assert_close(grads[1].cpu().double(), grads_cpu[1].double(),
                                            rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
             if save == "mask" and y.stride() == y_cpu.stride():  # bit order = y's memory order
@@ -114,7 +100,6 @@ def test_matches_cpu_kernels_and_fp64(layout, dtype, bias_kind):
             kw = dict(p, channel_dim=layout.channel_dim)
             _assert_within_twice_pytorch(x, bias, grad_out.cuda(), kw)
 
-
 def _assert_within_twice_pytorch(x, bias, grad_out, p):
     """fp16/bf16: error vs an fp64 reference at most 2x that of PyTorch's eager chain (same GPU)."""
     y, (gx, *_) = _fwd_bwd(tat_ext.trelu, x, bias, grad_out, **p, save="mask")
@@ -124,7 +109,6 @@ def _assert_within_twice_pytorch(x, bias, grad_out, p):
     tiny = torch.finfo(x.dtype).tiny
     assert max_abs_err(y, y64) <= 2 * max_abs_err(y_eager, y64) + tiny
     assert max_abs_err(gx, gx64) <= 2 * max_abs_err(gx_eager, gx64) + tiny
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", [CUDA_LAYOUTS[2], CUDA_LAYOUTS[6], CUDA_LAYOUTS[9]],
@@ -140,9 +124,8 @@ def test_full_precision_close_to_fp64(layout, dtype):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-14)
     torch.testing.assert_close(y.double(), y64, **tol)
     torch.testing.assert_close(gx.double(), gx64, **tol)
-    atol = _grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
+    atol = grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
     torch.testing.assert_close(gb.double(), gb64, rtol=0, atol=atol)
-
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_subnormals_nan_inf_like_cpu(dtype):
@@ -165,7 +148,6 @@ def test_subnormals_nan_inf_like_cpu(dtype):
             finite = x.isfinite()
             assert torch.equal((y.cpu() > 0)[finite], (x > 0)[finite])
 
-
 @pytest.mark.parametrize("save", ["input", "output", "mask"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,memory", [((16, 64, 33, 33), "contiguous"),
@@ -185,7 +167,6 @@ def test_grads_bitwise_reproducible(shape, memory, dtype, save):
         assert torch.equal(gx, runs[0][1][0])
         assert torch.equal(gb, runs[0][1][1]), "grad_bias is not bitwise reproducible"
 
-
 @pytest.mark.parametrize("memory", ["contiguous", "channels_last"])
 def test_misaligned_grad_output(memory):
     """grad_y at an odd storage offset takes the scalar (non-16-byte) path of the backward."""
@@ -204,7 +185,6 @@ def test_misaligned_grad_output(memory):
         assert torch.equal(gx, gx_ref)
         torch.testing.assert_close(gb, gb_ref)
 
-
 def test_runs_on_the_current_stream():
     """Input written on a side stream behind slow work: the op must queue on that stream."""
     x = torch.randn(8, 16, 64, 64, device="cuda")
@@ -222,7 +202,6 @@ def test_runs_on_the_current_stream():
     side.synchronize()
     assert torch.equal(y, expected)
 
-
 @pytest.mark.parametrize("save,dtype,memory", [("output", torch.bfloat16, "channels_last"),
                                                ("mask", torch.float32, "contiguous")])
 def test_compile_fullgraph_fwd_bwd(save, dtype, memory):
@@ -238,14 +217,7 @@ def test_compile_fullgraph_fwd_bwd(save, dtype, memory):
     w = torch.randn(16, 8, 3, 3, device="cuda", dtype=dtype, requires_grad=True)
     b = torch.randn(16, device="cuda", requires_grad=True)
     g = torch.randn(4, 16, 18, 18, device="cuda", dtype=dtype)
-    out_c = torch.compile(block, fullgraph=True)(x, w, b)
-    grads_c = torch.autograd.grad(out_c, (w, b), g)
-    out_e = block(x, w, b)
-    grads_e = torch.autograd.grad(out_e, (w, b), g)
-    torch.testing.assert_close(out_c, out_e)
-    for gc, ge in zip(grads_c, grads_e):
-        torch.testing.assert_close(gc, ge)
-
+    assert_compiled_matches_eager(block, (x, w, b), (w, b), g)
 
 def test_bias_and_x_on_different_devices_raise_clearly():
     x = torch.randn(2, 3, 4, device="cuda")
@@ -262,7 +234,6 @@ def test_bias_and_x_on_different_devices_raise_clearly():
     with pytest.raises(RuntimeError, match="bias is on cpu"):
         torch.ops.tat_ext.trelu_backward(x, x, torch.randn(3), SAVE_KIND["input"], 0.1, 1.0, 0.0,
                                          0.0, 1, torch.float32)
-
 
 def test_over_2_pow_31_elements_bf16():
     """64-bit indexing: 3 planes of 715,849,728 bf16 elements; checked around offset 2^31."""

@@ -97,3 +97,24 @@ def max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.numel() == 0:
         return 0.0
     return (a.double() - b.double()).abs().max().item()
+
+
+def grad_bias_atol(grad_out, scale, channel_dim, dtype) -> float:
+    """Per-channel sums taken in different orders (fp32, fp64 for fp64): 4 eps * sum |dz|."""
+    if grad_out.numel() == 0:
+        return 0.0
+    dims = [d for d in range(grad_out.dim()) if d != channel_dim % grad_out.dim()]
+    mass = (grad_out.double().abs() * abs(scale)).sum(dim=dims).max().item()
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    return 4 * eps * mass + 1e-30
+
+
+def assert_compiled_matches_eager(block, inputs, wrt, grad) -> None:
+    """torch.compile(block, fullgraph=True): same output and same gradients wrt `wrt` as eager."""
+    out_c = torch.compile(block, fullgraph=True)(*inputs)
+    grads_c = torch.autograd.grad(out_c, wrt, grad)
+    out_e = block(*inputs)
+    grads_e = torch.autograd.grad(out_e, wrt, grad)
+    torch.testing.assert_close(out_c, out_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)
