@@ -73,9 +73,16 @@ struct RunPlan {
 
   const acc_t* bias_base() const { return shape == RunShape::Periodic ? table.data() : b_eff; }
   int64_t stream_len() const { return shape == RunShape::Periodic ? period + kTableRun : channels; }
-  // Channel of position k of the stream (table or b_eff).
-  int64_t stream_channel(int64_t k) const {
-    return shape == RunShape::Periodic ? (k % period) / inner : k;
+  // Adds sums kept per position of the periodic table (stream_len() values) into per-channel
+  // sums, in a fixed order; position k holds channel (k % period) / inner.
+  void fold_table_sums(const acc_t* sums, acc_t* channel_sums) const {
+    const int64_t len = stream_len();
+    for (int64_t base = 0; base < len; base += period) {
+      const acc_t* s = sums + base;
+      const int64_t n = std::min(period, len - base);
+      for (int64_t c = 0, k = 0; c < channels && k < n; ++c)
+        for (int64_t e = 0; e < inner && k < n; ++e, ++k) channel_sums[c] += s[k];
+    }
   }
 };
 

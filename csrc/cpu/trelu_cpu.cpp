@@ -190,7 +190,7 @@ void backward_tiles(BackwardPlan& p, const RunPlan<typename AccIO<scalar_t>::acc
           }
           runs.visit(r0 * row_len, r1 * row_len, f);
           if (kSum) {
-            for (int64_t s = 0; s < runs.stream_len(); ++s) prow[runs.stream_channel(s)] += table_sums[s];
+            runs.fold_table_sums(table_sums.data(), prow);
           }
           break;
         case RunShape::Sweep:
