@@ -66,8 +66,4 @@ TAT_HD V trelu_grad(const V& grad_y, const M& z_positive, const TReluCoeffs<acc_
 // element at memory offset i. Words are little-endian, so byte j's bit b is element 8*j + b.
 constexpr int kMaskWordBits = 32;
 
-TAT_HD bool mask_bit(const unsigned char* mask, long long i) {
-  return (mask[i >> 3] >> (i & 7)) & 1;
-}
-
 }  // namespace tat_ext
