@@ -98,6 +98,7 @@ def _extension():
         "csrc/ops.cpp",
         "csrc/trelu_plan.cpp",
         *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT)),
+        *sorted(glob.glob("csrc/autograd/*.cpp", root_dir=ROOT)),
     ]
     kwargs = dict(
         name="tat_ext._C",

@@ -1,17 +1,23 @@
-// Operator schemas of the tat_ext library. Kernels are registered per backend (cpu/, cuda/);
-// fake (meta) kernels and autograd are registered from Python (tat_ext/ops.py).
+// Operator schemas of the tat_ext library. Backend kernels are registered per backend (cpu/,
+// cuda/), autograd for the Autograd key (autograd/), fake kernels from Python (tat_ext/ops.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(tat_ext, m) {
-  // y = scale * (LReLU(x + bias[c] + in_shift; slope) + out_shift), c = index along channel_dim.
-  // Returns (y, mask); mask holds the packed signs of the pre-activation when save_kind == 2
-  // (see trelu_math.h), else it is empty. y has x's strides when x is dense.
+  // The public op: y = scale * (LReLU(x + bias[c] + in_shift; slope) + out_shift), c = index
+  // along channel_dim. `save` ("auto" | "input" | "output" | "mask") is what the forward keeps
+  // for the backward. Differentiable to any order, in reverse and forward mode.
+  m.def(
+      "trelu(Tensor x, Tensor? bias, float slope, float scale=1., float in_shift=0., "
+      "float out_shift=0., int channel_dim=1, str save=\"auto\") -> Tensor");
+  // The kernels below the autograd layer. Returns (y, mask); mask holds the packed signs of the
+  // pre-activation when save_kind == 2 (see trelu_math.h), else it is empty. y has x's strides
+  // when x is dense.
   m.def(
       "trelu_forward(Tensor x, Tensor? bias, float slope, float scale, float in_shift, "
       "float out_shift, int channel_dim, int save_kind) -> (Tensor, Tensor)");
   // Returns (grad_x, grad_bias). `saved` is x (save_kind 0), y (1) or the packed mask (2);
   // grad_bias is reduced in fp32 (fp64 for fp64) in a fixed order, and empty when
-  // bias_grad_dtype is None.
+  // bias_grad_dtype is None. Linear in grad_y, so it is also the forward-mode tangent map.
   m.def(
       "trelu_backward(Tensor grad_y, Tensor saved, Tensor? bias, int save_kind, float slope, "
       "float scale, float in_shift, float out_shift, int channel_dim, "

@@ -6,6 +6,9 @@
 
 #include <cmath>
 #include <limits>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 namespace tat_ext {
 namespace {
@@ -31,11 +34,37 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-void check_params(double slope, double scale, double in_shift, double out_shift) {
-  TORCH_CHECK_VALUE(std::isfinite(slope), "trelu: slope must be finite, got ", slope);
-  TORCH_CHECK_VALUE(std::isfinite(scale), "trelu: scale must be finite, got ", scale);
-  TORCH_CHECK_VALUE(std::isfinite(in_shift), "trelu: in_shift must be finite, got ", in_shift);
-  TORCH_CHECK_VALUE(std::isfinite(out_shift), "trelu: out_shift must be finite, got ", out_shift);
+// A constant the kernels convert to the arithmetic's dtype: finite, and representable in float32
+// unless x is float64 (a larger one would silently become inf there).
+void check_param(const char* name, double value, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(std::isfinite(value), "trelu: ", name, " must be finite, got ", value);
+  TORCH_CHECK_VALUE(dtype == at::kDouble || std::abs(value) <= std::numeric_limits<float>::max(),
+                    "trelu: ", name, "=", value, " is outside the float32 range used by the "
+                    "arithmetic for ", dtype, " inputs (|", name, "| <= 3.4028235e38); use float64");
+}
+
+void check_params(at::ScalarType dtype, double slope, double scale, double in_shift,
+                  double out_shift) {
+  check_param("slope", slope, dtype);
+  check_param("scale", scale, dtype);
+  check_param("in_shift", in_shift, dtype);
+  check_param("out_shift", out_shift, dtype);
+}
+
+// Whether this thread's CPU flushes subnormal results to zero or reads subnormal operands as zero
+// (torch.set_flush_denormal(True)): then y can round a tiny positive z to 0 and y > 0 reads a
+// stored subnormal as 0, so the sign of z cannot be read back from y.
+bool cpu_flushes_subnormals() {
+#if defined(__x86_64__) || defined(_M_X64)
+  constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+  return (_mm_getcsr() & (kFlushToZero | kDenormalsAreZero)) != 0;
+#elif defined(__aarch64__)
+  uint64_t fpcr;
+  asm volatile("mrs %0, fpcr" : "=r"(fpcr));
+  return (fpcr >> 24) & 1;  // FZ
+#else
+  return false;
+#endif
 }
 
 SaveKind check_save_kind(int64_t save_kind) {
@@ -65,21 +94,20 @@ ChannelLayout make_layout(const at::Tensor& dense, const c10::optional<at::Tenso
 
 int64_t wrap_channel_dim(const at::Tensor& x, int64_t channel_dim) {
   const int64_t rank = x.dim();
-  TORCH_CHECK_INDEX(channel_dim >= -rank && channel_dim < rank, "trelu: channel_dim ", channel_dim,
-                    " is out of range for an input of rank ", rank);
+  TORCH_CHECK_VALUE(channel_dim >= -rank && channel_dim < rank, "trelu: channel_dim=", channel_dim,
+                    " is out of range for x of rank ", rank);
   return channel_dim < 0 ? channel_dim + rank : channel_dim;
 }
 
 void check_bias(const at::Tensor& x, const at::Tensor& bias, int64_t channel_dim) {
-  TORCH_CHECK_VALUE(bias.dim() == 1, "trelu: bias must be 1-D, got shape ", bias.sizes());
-  TORCH_CHECK_VALUE(bias.size(0) == x.size(channel_dim), "trelu: bias has ", bias.size(0),
-                    " elements but x has ", x.size(channel_dim), " channels (dim ", channel_dim,
-                    ")");
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == x.size(channel_dim),
+                    "trelu: bias must be 1-D with x.shape[", channel_dim, "] = ",
+                    x.size(channel_dim), " elements, got shape ", bias.sizes());
   TORCH_CHECK_TYPE(bias.scalar_type() == x.scalar_type() || bias.scalar_type() == at::kFloat,
-                   "trelu: bias dtype must be x's dtype (", x.scalar_type(), ") or float32, got ",
-                   bias.scalar_type());
-  TORCH_CHECK(bias.device() == x.device(), "trelu: bias is on ", bias.device(), " but x is on ",
-              x.device());
+                   "trelu: bias dtype must be x's dtype (", x.scalar_type(),
+                   ") or torch.float32, got ", bias.scalar_type());
+  TORCH_CHECK_VALUE(bias.device() == x.device(), "trelu: bias is on ", bias.device(),
+                    " but x is on ", x.device());
 }
 
 at::Tensor make_b_eff(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
@@ -101,6 +129,27 @@ std::tuple<at::Tensor, at::Tensor> empty_backward_result(const BackwardPlan& p) 
 
 int64_t mask_bytes(int64_t numel) {
   return (numel + kMaskWordBits - 1) / kMaskWordBits * (kMaskWordBits / 8);
+}
+
+SaveKind resolve_save(c10::string_view save, const at::Tensor& x, double slope, double scale,
+                      double in_shift, double out_shift) {
+  check_params(x.scalar_type(), slope, scale, in_shift, out_shift);
+  // Exact only when the sign of y is the sign of z (see trelu_math.h) and the CPU keeps subnormals.
+  const bool output_exact = output_sign_is_exact(slope, scale, out_shift) &&
+                            !(x.device().is_cpu() && cpu_flushes_subnormals());
+  if (save == "auto") return output_exact ? SaveKind::Output : SaveKind::Mask;
+  if (save == "input") return SaveKind::Input;
+  if (save == "mask") return SaveKind::Mask;
+  TORCH_CHECK_VALUE(save == "output", "trelu: save must be one of ('auto', 'input', 'output', "
+                    "'mask'), got '", save, "'");
+  TORCH_CHECK_VALUE(output_sign_is_exact(slope, scale, out_shift),
+                    "trelu: save='output' recovers the sign of the pre-activation from y, which is "
+                    "exact only when slope >= 0, scale > 0 and out_shift == 0 (got slope=", slope,
+                    ", scale=", scale, ", out_shift=", out_shift, "); use save='mask' or 'input'");
+  TORCH_CHECK_VALUE(output_exact,
+                    "trelu: save='output' is not exact while the CPU flushes subnormals to zero "
+                    "(torch.set_flush_denormal(True)); use save='auto', 'mask' or 'input'");
+  return SaveKind::Output;
 }
 
 template <typename acc_t>
@@ -131,7 +180,7 @@ ForwardPlan plan_forward(const at::Tensor& x, const c10::optional<at::Tensor>& b
                    "trelu: x must be float32, float64, float16 or bfloat16, got ",
                    x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1, "trelu: x must have at least one dimension");
-  check_params(slope, scale, in_shift, out_shift);
+  check_params(x.scalar_type(), slope, scale, in_shift, out_shift);
   const SaveKind kind = check_save_kind(save_kind);
   if (bias.has_value()) {
     channel_dim = wrap_channel_dim(x, channel_dim);
@@ -153,7 +202,7 @@ BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
                            c10::optional<at::ScalarType> bias_grad_dtype) {
   TORCH_CHECK_TYPE(is_supported_dtype(grad_y.scalar_type()),
                    "trelu_backward: grad_y must be a floating dtype, got ", grad_y.scalar_type());
-  check_params(slope, scale, in_shift, out_shift);
+  check_params(grad_y.scalar_type(), slope, scale, in_shift, out_shift);
   BackwardPlan p;
   p.kind = check_save_kind(save_kind);
   TORCH_CHECK(saved.device() == grad_y.device(), "trelu_backward: saved tensor is on ",

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 #include <tuple>
@@ -38,6 +39,12 @@ struct BackwardPlan {
   ChannelLayout layout;
   SaveKind kind;
 };
+
+// The concrete save mode for the user's `save` ("auto" | "input" | "output" | "mask"); validates
+// `save` and the constants (finite, and within the range of the arithmetic's dtype for x).
+// "auto" is "output" when reading the sign of z back from y is exact, else "mask".
+SaveKind resolve_save(c10::string_view save, const at::Tensor& x, double slope, double scale,
+                      double in_shift, double out_shift);
 
 ForwardPlan plan_forward(const at::Tensor& x, const c10::optional<at::Tensor>& bias, double slope,
                          double scale, double in_shift, double out_shift, int64_t channel_dim,

@@ -1,30 +1,58 @@
-"""Argument checks shared by the fused op and its pure-PyTorch reference, so both reject the same
-bad input with the same messages."""
+"""Argument checks of trelu in Python, for the pure-PyTorch reference (which must work without the
+compiled extension) and for the messages of the fused op's Python entry point.
+
+The compiled operator checks the same conditions in C++ (csrc/trelu_plan.cpp) with the same
+messages; tests/test_trelu.py holds both to one list of bad inputs.
+"""
 from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Optional
 
 import torch
 
 SAVE_MODES = ("auto", "input", "output", "mask")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def check_float_param(name: str, value: object) -> float:
-    """A finite Python real number: the op treats these parameters as constants (no gradient)."""
+    """A finite real number as a Python float: the op treats these parameters as constants."""
     if isinstance(value, torch.Tensor):
         raise TypeError(
             f"trelu: {name} must be a Python float, got a Tensor (the activation parameters are "
             "fixed constants; no gradient flows to them)"
         )
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
         raise TypeError(f"trelu: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"trelu: {name} must be finite, got {value:.6g}") from None
     if not math.isfinite(value):
         raise ValueError(f"trelu: {name} must be finite, got {value}")
     return value
+
+
+def check_int_param(name: str, value: object) -> int:
+    """A Python int from any integer (numpy's included), but not a bool."""
+    if isinstance(value, (bool, torch.Tensor)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"trelu: {name} must be an int, got {type(value).__name__}")
+    return operator.index(value)
+
+
+def check_range(dtype: torch.dtype, **params: float) -> None:
+    """The constants fit the arithmetic's dtype: float32 unless x is float64."""
+    if dtype == torch.float64:
+        return
+    for name, value in params.items():
+        if abs(value) > _FLOAT32_MAX:
+            raise ValueError(
+                f"trelu: {name}={value:g} is outside the float32 range used by the arithmetic for "
+                f"{dtype} inputs (|{name}| <= 3.4028235e38); use float64"
+            )
 
 
 def output_sign_is_exact(slope: float, scale: float, out_shift: float) -> bool:
@@ -33,7 +61,10 @@ def output_sign_is_exact(slope: float, scale: float, out_shift: float) -> bool:
 
 
 def resolve_save(save: object, slope: float, scale: float, out_shift: float) -> str:
-    """The concrete save mode ("input" | "output" | "mask") for a user's `save` argument."""
+    """The concrete save mode ("input" | "output" | "mask") for a user's `save` argument.
+
+    (The compiled op also picks "mask" for "auto" while the CPU flushes subnormals to zero.)
+    """
     if not isinstance(save, str) or save not in SAVE_MODES:
         raise ValueError(f"trelu: save must be one of {SAVE_MODES}, got {save!r}")
     exact = output_sign_is_exact(slope, scale, out_shift)
@@ -56,14 +87,11 @@ def check_inputs(x: object, bias: Optional[object], channel_dim: object) -> int:
         raise TypeError(f"trelu: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.dim() < 1:
         raise ValueError("trelu: x must have at least one dimension")
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"trelu: channel_dim must be an int, got {type(channel_dim).__name__}")
+    channel_dim = check_int_param("channel_dim", channel_dim)
     if bias is None:
         return channel_dim  # no channel structure without a bias
     if not -x.dim() <= channel_dim < x.dim():
-        raise ValueError(
-            f"trelu: channel_dim={channel_dim} is out of range for x of rank {x.dim()}"
-        )
+        raise ValueError(f"trelu: channel_dim={channel_dim} is out of range for x of rank {x.dim()}")
     channel_dim %= x.dim()
     if not isinstance(bias, torch.Tensor):
         raise TypeError(f"trelu: bias must be a torch.Tensor or None, got {type(bias).__name__}")
@@ -89,5 +117,6 @@ def check_all(x, bias, slope, scale, in_shift, out_shift, channel_dim, save):
     scale = check_float_param("scale", scale)
     in_shift = check_float_param("in_shift", in_shift)
     out_shift = check_float_param("out_shift", out_shift)
+    check_range(x.dtype, slope=slope, scale=scale, in_shift=in_shift, out_shift=out_shift)
     mode = resolve_save(save, slope, scale, out_shift)
     return slope, scale, in_shift, out_shift, channel_dim, mode

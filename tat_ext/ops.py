@@ -1,7 +1,9 @@
-"""The fused transformed Leaky ReLU as an autograd-aware torch custom op.
+"""The fused transformed Leaky ReLU, :func:`trelu`, as a PyTorch operator.
 
-The operators are defined in C++ (csrc/ops.cpp) with CPU and CUDA kernels; this module registers
-their fake (shape) kernels and autograd so they work under torch.compile(fullgraph=True).
+The operators, their argument checks and their autograd (reverse, forward and higher order) live
+in C++ (csrc/ops.cpp, csrc/autograd/, csrc/cpu/, csrc/cuda/): a call goes straight to the
+dispatcher, like a built-in op. This module adds what torch.compile needs (fake kernels), a vmap
+rule, and the fallback to the pure-PyTorch reference where no compiled kernel exists.
 """
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ from typing import Optional
 
 import torch
 
-from tat_ext import _extension, reference
-from tat_ext._checks import check_all
+from tat_ext import _extension, _vmap, reference
+from tat_ext._checks import check_all, check_float_param, check_int_param
 
 __all__ = ["trelu", "SAVE_KIND"]
 
 # What the forward keeps for the backward (the C++ SaveKind enum).
 SAVE_KIND = {"input": 0, "output": 1, "mask": 2}
 _MASK_WORD_BYTES = 4  # the packed mask is whole 32-bit words
+
+_OP = torch.ops.tat_ext.trelu.default if _extension.AVAILABLE else None
 
 
 def trelu(
@@ -41,55 +45,65 @@ def trelu(
             fp64), deterministically.
         slope: negative-side slope of the Leaky ReLU; the gradient at exactly z == 0 is `slope`.
         scale, in_shift, out_shift: the transformation's constants. slope/scale/shifts are fixed
-            Python floats: no gradient flows to them.
+            numbers: no gradient flows to them. For float32/float16/bfloat16 inputs the
+            arithmetic is float32, so they must lie within float32's range.
         channel_dim: dimension of x that `bias` indexes (ignored without a bias).
         save: what the forward keeps for backward: "input" (x, as PyTorch does), "output" (only y;
             the sign of the pre-activation is read back from y — exact when slope >= 0,
             scale > 0 and out_shift == 0, and then free when the next conv/linear saves y anyway),
-            "mask" (1 bit per element), or "auto" ("output" when exact, else "mask").
+            "mask" (1 bit per element), or "auto" ("output" when exact, else "mask"; also "mask"
+            while the CPU flushes subnormals to zero, see torch.set_flush_denormal).
+
+    Differentiable to any order (create_graph backward, forward mode, torch.func transforms,
+    vmap) and traceable by torch.compile(fullgraph=True), with dynamic shapes and constants.
 
     Whenever scale > 0 and out_shift == 0, a positive pre-activation never rounds to y == 0: it
     is stored as at least the output dtype's smallest positive value (this keeps save="output"
     exact in float16, where scale·z can underflow).
     """
-    slope, scale, in_shift, out_shift, channel_dim, mode = check_all(
-        x, bias, slope, scale, in_shift, out_shift, channel_dim, save
-    )
-    reason = _fallback_reason(x)
-    if reason is not None:
-        _extension.warn_fallback(reason)
-        return reference.trelu(
-            x, bias, slope=slope, scale=scale, in_shift=in_shift, out_shift=out_shift,
-            channel_dim=channel_dim, save=mode,
-        )
-    y, _ = torch.ops.tat_ext.trelu_forward(
-        x, bias, slope, scale, in_shift, out_shift, channel_dim, SAVE_KIND[mode]
-    )
-    return y
+    if _OP is not None:
+        if torch.compiler.is_compiling():
+            return _OP(x, bias, slope, scale, in_shift, out_shift, channel_dim, save)
+        if not (type(slope) is float and type(scale) is float and type(in_shift) is float
+                and type(out_shift) is float):
+            # ints, numpy scalars...; a Tensor, bool or string is rejected here, by name.
+            slope, scale, in_shift, out_shift = (
+                check_float_param(name, value) for name, value in
+                (("slope", slope), ("scale", scale), ("in_shift", in_shift), ("out_shift", out_shift)))
+        if type(channel_dim) is not int:
+            channel_dim = check_int_param("channel_dim", channel_dim)
+        try:
+            return _OP(x, bias, slope, scale, in_shift, out_shift, channel_dim, save)
+        except NotImplementedError:  # the dispatcher found no kernel for this device
+            reason = _no_kernel_reason(x)
+        except (TypeError, RuntimeError):
+            # The operator's schema rejected an argument: say which one, and why.
+            check_all(x, bias, slope, scale, in_shift, out_shift, channel_dim, save)
+            raise
+    else:
+        reason = f"the compiled extension tat_ext._C is not available ({_extension.LOAD_ERROR})"
+    _extension.warn_fallback(reason)
+    return reference.trelu(x, bias, slope=slope, scale=scale, in_shift=in_shift,
+                           out_shift=out_shift, channel_dim=channel_dim, save=save)
 
 
-def _fallback_reason(x: torch.Tensor) -> Optional[str]:
-    if not _extension.AVAILABLE:
-        return f"the compiled extension tat_ext._C is not available ({_extension.LOAD_ERROR})"
+def _no_kernel_reason(x: torch.Tensor) -> str:
     if x.device.type == "cuda" and not _extension.WITH_CUDA:
         return "tat_ext._C was built without CUDA kernels"
-    if x.device.type not in ("cpu", "cuda", "meta"):
-        return f"no tat_ext kernel for device type {x.device.type!r}"
-    return None
+    return f"no tat_ext kernel for device type {x.device.type!r}"
 
 
 def _mask_numel(numel):
     return (numel + 31) // 32 * _MASK_WORD_BYTES
 
 
-def _in_layout(t: torch.Tensor, stride: tuple) -> torch.Tensor:
-    """t with the given dense strides (a copy only when its layout differs)."""
-    if all(n <= 1 or s == want for n, s, want in zip(t.shape, t.stride(), stride)):
-        return t
-    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
-
-
 if _extension.AVAILABLE:
+    _vmap.register()
+
+    @torch.library.register_fake("tat_ext::trelu")
+    def _trelu_fake(x, bias, slope, scale=1.0, in_shift=0.0, out_shift=0.0, channel_dim=1,
+                    save="auto"):
+        return torch.empty_like(x)
 
     @torch.library.register_fake("tat_ext::trelu_forward")
     def _trelu_forward_fake(x, bias, slope, scale, in_shift, out_shift, channel_dim, save_kind):
@@ -107,38 +121,3 @@ if _extension.AVAILABLE:
         else:
             grad_bias = grad_y.new_empty((grad_y.shape[channel_dim],), dtype=bias_grad_dtype)
         return torch.empty_like(like), grad_bias
-
-    def _setup_context(ctx, inputs, output):
-        x, bias, slope, scale, in_shift, out_shift, channel_dim, save_kind = inputs
-        y, mask = output
-        ctx.params = (slope, scale, in_shift, out_shift, channel_dim)
-        ctx.save_kind = save_kind
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        if save_kind == SAVE_KIND["input"]:
-            ctx.save_for_backward(x, bias)
-        elif save_kind == SAVE_KIND["output"]:
-            ctx.save_for_backward(y)
-        else:
-            ctx.save_for_backward(mask)
-            ctx.out_stride = tuple(y.stride())  # the mask's bit order is y's memory order
-
-    def _backward(ctx, grad_y, _grad_mask):
-        slope, scale, in_shift, out_shift, channel_dim = ctx.params
-        saved, *rest = ctx.saved_tensors
-        bias = rest[0] if rest else None
-        if ctx.save_kind == SAVE_KIND["mask"]:
-            grad_y = _in_layout(grad_y, ctx.out_stride)
-        want_bias = ctx.bias_dtype is not None and ctx.needs_input_grad[1]
-        grad_x, grad_bias = torch.ops.tat_ext.trelu_backward(
-            grad_y, saved, bias, ctx.save_kind, slope, scale, in_shift, out_shift, channel_dim,
-            ctx.bias_dtype if want_bias else None,
-        )
-        return (
-            grad_x if ctx.needs_input_grad[0] else None,
-            grad_bias if want_bias else None,
-            None, None, None, None, None, None,
-        )
-
-    torch.library.register_autograd(
-        "tat_ext::trelu_forward", _backward, setup_context=_setup_context
-    )

@@ -54,5 +54,6 @@ def trelu(
         # output dtype's smallest positive value, with a straight-through gradient.
         info = torch.finfo(x.dtype)
         floor = info.smallest_normal * info.eps  # smallest positive subnormal, e.g. 2**-24 in fp16
-        y = y + (torch.where(positive, y.clamp_min(floor), y) - y).detach()
+        # Only where y is below the floor (never for inf or NaN, where y - y would be NaN).
+        y = y + torch.where(positive & (y < floor), floor - y, 0.0).detach()
     return y.to(x.dtype)

@@ -194,7 +194,7 @@ def test_auto_save_mode_choice():
     assert counts[0.5] == [torch.uint8]  # the packed mask
 
 def test_fallback_to_reference_warns_once(monkeypatch):
-    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    monkeypatch.setattr(tat_ext.ops, "_OP", None)  # as if tat_ext._C failed to load
     monkeypatch.setattr(_extension, "LOAD_ERROR", "simulated")
     monkeypatch.setattr(_extension, "_warned", set())
     x = torch.randn(2, 3, 4)
