@@ -110,14 +110,6 @@ void check_bias(const at::Tensor& x, const at::Tensor& bias, int64_t channel_dim
                     " but x is on ", x.device());
 }
 
-at::Tensor make_b_eff(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
-                      double in_shift) {
-  const auto acc = acc_dtype(x.scalar_type());
-  if (!bias.has_value()) return at::full({1}, in_shift, x.options().dtype(acc));
-  // Same rounding as the reference: bias in the accumulation dtype, then + in_shift.
-  return bias->to(acc).add(in_shift).contiguous();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> empty_backward_result(const BackwardPlan& p) {
@@ -125,6 +117,13 @@ std::tuple<at::Tensor, at::Tensor> empty_backward_result(const BackwardPlan& p) 
       p.want_bias_grad ? at::zeros({p.bias_grad_size}, p.grad_y.options().dtype(p.bias_grad_dtype))
                        : at::empty({0}, p.grad_y.options());
   return {p.grad_x, grad_bias};
+}
+
+at::Tensor make_b_eff(at::ScalarType dtype, const c10::optional<at::Tensor>& bias, double in_shift,
+                      const at::TensorOptions& options) {
+  const auto acc = acc_dtype(dtype);
+  if (!bias.has_value()) return at::full({1}, in_shift, options.dtype(acc));
+  return bias->to(acc).add(in_shift).contiguous();
 }
 
 int64_t mask_bytes(int64_t numel) {
@@ -190,7 +189,8 @@ ForwardPlan plan_forward(const at::Tensor& x, const c10::optional<at::Tensor>& b
   p.x = densify(x);
   p.y = at::empty_like(p.x);
   p.layout = make_layout(p.x, bias, channel_dim);
-  p.b_eff = make_b_eff(x, bias, in_shift);
+  p.bias = bias;
+  p.in_shift = in_shift;
   p.mask = at::empty({kind == SaveKind::Mask ? mask_bytes(x.numel()) : 0},
                      x.options().dtype(at::kByte));
   return p;
@@ -246,7 +246,8 @@ BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
   } else {
     p.layout = make_layout(p.grad_y, bias, channel_dim);
   }
-  if (p.kind == SaveKind::Input) p.b_eff = make_b_eff(grad_y, bias, in_shift);
+  p.bias = bias;
+  p.in_shift = in_shift;
   p.grad_x = at::empty_like(p.grad_y);
   return p;
 }

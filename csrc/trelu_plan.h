@@ -24,7 +24,8 @@ struct ForwardPlan {
   at::Tensor x;      // dense (non-overlapping) view or copy of the input
   at::Tensor y;      // output, same strides as x
   at::Tensor mask;   // packed sign bits (save="mask"), else empty
-  at::Tensor b_eff;  // bias + in_shift in the accumulation dtype, `channels` values
+  c10::optional<at::Tensor> bias;  // b_eff = bias + in_shift (make_b_eff / cpu::channel_offsets)
+  double in_shift;
   ChannelLayout layout;
 };
 
@@ -32,7 +33,8 @@ struct BackwardPlan {
   at::Tensor grad_y;     // dense, same strides as the saved tensor
   at::Tensor saved;      // x, y or the mask
   at::Tensor grad_x;     // output, strides of grad_y
-  at::Tensor b_eff;      // defined only for SaveKind::Input
+  c10::optional<at::Tensor> bias;  // SaveKind::Input: b_eff = bias + in_shift gives the signs
+  double in_shift;
   bool want_bias_grad;
   at::ScalarType bias_grad_dtype;
   int64_t bias_grad_size;  // channels of the bias gradient (may be 0; layout.channels is >= 1)
@@ -57,6 +59,12 @@ BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
 
 // (grad_x, grad_bias) for an input with no elements: nothing to launch, a zero bias gradient.
 std::tuple<at::Tensor, at::Tensor> empty_backward_result(const BackwardPlan& p);
+
+// b_eff = bias + in_shift (`channels` values; one, in_shift, without a bias) in the accumulation
+// dtype of `dtype`, on the bias's device: bias rounded to that dtype, then in_shift added (the
+// reference's rounding).
+at::Tensor make_b_eff(at::ScalarType dtype, const c10::optional<at::Tensor>& bias, double in_shift,
+                      const at::TensorOptions& options);
 
 // Size in bytes of the packed mask for n elements (whole 32-bit words).
 int64_t mask_bytes(int64_t numel);

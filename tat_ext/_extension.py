@@ -4,17 +4,19 @@ from __future__ import annotations
 import warnings
 
 try:
-    from tat_ext import _C  # noqa: F401  (importing registers the operators)
+    from tat_ext import _C as C  # importing registers the operators
 
     AVAILABLE = True
-    WITH_CUDA = bool(_C.with_cuda)
+    WITH_CUDA = bool(C.with_cuda)
     LOAD_ERROR: str | None = None
 except ImportError as exc:  # not built, or built against another torch
+    C = None
     AVAILABLE = False
     WITH_CUDA = False
     LOAD_ERROR = str(exc)
 
 _warned: set[str] = set()
+
 
 
 def warn_fallback(reason: str) -> None:

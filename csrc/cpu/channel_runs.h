@@ -27,19 +27,23 @@ constexpr int64_t kChannelBlock = 4096;  // target elements of one row handled b
 template <typename acc_t>
 struct RunPlan {
   RunShape shape;
-  int64_t channels, inner, period;
+  int64_t numel, channels, inner, period;
   const acc_t* b_eff;            // `channels` values, or null when only the layout matters
   std::vector<acc_t> table;      // Periodic: table[k] = b_eff[(k % period) / inner]
 
-  RunPlan(const ChannelLayout& l, const acc_t* bias) : channels(l.channels), inner(l.inner),
+  RunPlan(const ChannelLayout& l, const acc_t* bias) : numel(l.numel), channels(l.channels),
+      inner(l.inner),
       period(l.channels * l.inner), b_eff(bias) {
     if (channels == 1 || inner >= kConstantMin) {
       shape = RunShape::Constant;
     } else if (period <= kPeriodicMax) {
       shape = RunShape::Periodic;
       if (b_eff != nullptr) {  // the backward of save="output"/"mask" needs no bias values
-        table.resize(period + kTableRun);
-        for (int64_t k = 0; k < period + kTableRun; ++k) table[k] = b_eff[(k % period) / inner];
+        // One period, then its start repeated: runs of up to kTableRun start anywhere in it.
+        table.resize(period + std::min(kTableRun, l.numel));
+        for (int64_t c = 0; c < channels; ++c)
+          std::fill_n(table.begin() + c * inner, inner, b_eff[c]);
+        for (size_t k = period; k < table.size(); ++k) table[k] = table[k - period];
       }
     } else {
       shape = inner == 1 ? RunShape::Sweep : RunShape::Constant;
@@ -59,7 +63,7 @@ struct RunPlan {
           f.constant(i, n, (i / inner) % channels);
           break;
         case RunShape::Periodic:
-          n = std::min(end - i, kTableRun);
+          n = std::min(end - i, kTableRun);  // end - i <= numel
           f.stream(i, n, i % period);
           break;
         default:  // Sweep
@@ -72,7 +76,9 @@ struct RunPlan {
   }
 
   const acc_t* bias_base() const { return shape == RunShape::Periodic ? table.data() : b_eff; }
-  int64_t stream_len() const { return shape == RunShape::Periodic ? period + kTableRun : channels; }
+  int64_t stream_len() const {
+    return shape == RunShape::Periodic ? period + std::min(kTableRun, numel) : channels;
+  }
   // Adds sums kept per position of the periodic table (stream_len() values) into per-channel
   // sums, in a fixed order; position k holds channel (k % period) / inner.
   void fold_table_sums(const acc_t* sums, acc_t* channel_sums) const {

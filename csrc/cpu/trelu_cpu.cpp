@@ -10,6 +10,7 @@
 #include "../trelu_math.h"
 #include "../trelu_plan.h"
 #include "acc_io.h"
+#include "channel_offsets.h"
 #include "channel_runs.h"
 #include "mask_bits.h"
 #include "vec_ops.h"
@@ -143,7 +144,8 @@ template <typename scalar_t>
 void forward_kernel(ForwardPlan& p, double slope, double scale, double out_shift) {
   using acc_t = typename AccIO<scalar_t>::acc_t;
   const auto k = make_coeffs<acc_t>(p.x.scalar_type(), slope, scale, out_shift);
-  const RunPlan<acc_t> runs(p.layout, p.b_eff.data_ptr<acc_t>());
+  const std::vector<acc_t> b_eff = channel_offsets<acc_t>(p.bias, p.in_shift);
+  const RunPlan<acc_t> runs(p.layout, b_eff.data());
   auto* mask = p.mask.numel() > 0 ? reinterpret_cast<uint32_t*>(p.mask.data_ptr<uint8_t>()) : nullptr;
   const scalar_t* x = p.x.data_ptr<scalar_t>();
   scalar_t* y = p.y.data_ptr<scalar_t>();
@@ -214,7 +216,9 @@ template <typename scalar_t, SaveKind kKind>
 at::Tensor backward_kernel(BackwardPlan& p, double slope, double scale, double out_shift) {
   using acc_t = typename AccIO<scalar_t>::acc_t;
   const auto k = make_coeffs<acc_t>(p.grad_y.scalar_type(), slope, scale, out_shift);
-  const RunPlan<acc_t> runs(p.layout, p.b_eff.defined() ? p.b_eff.data_ptr<acc_t>() : nullptr);
+  const std::vector<acc_t> b_eff =
+      kKind == SaveKind::Input ? channel_offsets<acc_t>(p.bias, p.in_shift) : std::vector<acc_t>();
+  const RunPlan<acc_t> runs(p.layout, kKind == SaveKind::Input ? b_eff.data() : nullptr);
   const TileGrid g = make_tiles(p.layout, runs);
   const int64_t channels = p.layout.channels;
   const auto acc = p.grad_y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

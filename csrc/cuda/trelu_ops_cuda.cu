@@ -35,12 +35,13 @@ std::tuple<at::Tensor, at::Tensor> trelu_forward_cuda(const at::Tensor& x,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(),
                                   "trelu_forward_cuda", [&] {
     using acc_t = acc_type_of<scalar_t>;
+    const at::Tensor b_eff = make_b_eff(p.x.scalar_type(), p.bias, p.in_shift, p.x.options());
     const ForwardParams<scalar_t, acc_t> params{
         p.x.const_data_ptr<scalar_t>(),
         p.y.mutable_data_ptr<scalar_t>(),
         p.mask.numel() > 0 ? reinterpret_cast<uint32_t*>(p.mask.mutable_data_ptr<uint8_t>())
                            : nullptr,
-        p.b_eff.const_data_ptr<acc_t>(),
+        b_eff.const_data_ptr<acc_t>(),
         p.layout.numel,
         p.layout.channels,
         p.layout.inner,
@@ -64,12 +65,15 @@ std::tuple<at::Tensor, at::Tensor> trelu_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.grad_y.scalar_type(),
                                   "trelu_backward_cuda", [&] {
     using acc_t = acc_type_of<scalar_t>;
+    const at::Tensor b_eff = p.kind == SaveKind::Input ? make_b_eff(p.grad_y.scalar_type(), p.bias,
+                                                                    p.in_shift, p.grad_y.options())
+                                                       : at::Tensor();
     BackwardParams<scalar_t, acc_t> params{
         p.grad_y.const_data_ptr<scalar_t>(),
         p.kind == SaveKind::Mask ? nullptr : p.saved.const_data_ptr<scalar_t>(),
         p.kind == SaveKind::Mask ? p.saved.const_data_ptr<uint8_t>() : nullptr,
         p.grad_x.mutable_data_ptr<scalar_t>(),
-        p.kind == SaveKind::Input ? p.b_eff.const_data_ptr<acc_t>() : nullptr,
+        p.kind == SaveKind::Input ? b_eff.const_data_ptr<acc_t>() : nullptr,
         p.layout.numel,
         p.layout.channels,
         p.layout.inner,
