@@ -30,7 +30,8 @@ def check_float_param(name: str, value: object) -> float:
     try:
         value = float(value)
     except OverflowError:
-        raise ValueError(f"trelu: {name} must be finite, got {value:.6g}") from None
+        raise ValueError(f"trelu: {name} must be finite, got an integer beyond the float range") \
+            from None
     if not math.isfinite(value):
         raise ValueError(f"trelu: {name} must be finite, got {value}")
     return value

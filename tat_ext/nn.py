@@ -1,8 +1,16 @@
-"""Modules built on the fused op: TReLU, and Conv2d/Linear whose bias is applied by it."""
+"""Modules built on the fused op: TReLU, and Conv2d/Linear whose bias is applied by it.
+
+A deep vanilla TAT network needs three things these modules do not do by themselves (see
+docs/math.md): the slope solved for the network's architecture
+(:func:`tat_ext.transform.solve_trelu`), orthogonal/delta initialization
+(:func:`tat_ext.init.tat_init_` — with PyTorch's default init a deep net maps every input pair to
+cosine ≈ 1), and per-location normalized inputs (:func:`tat_ext.data.per_location_normalization`).
+"""
 from __future__ import annotations
 
 import math
-from typing import Optional
+import numbers
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,26 +19,45 @@ from torch import nn
 from tat_ext._checks import check_float_param, resolve_save
 from tat_ext.ops import trelu
 
+if TYPE_CHECKING:
+    from tat_ext.transform import TReLUParams
+
 __all__ = ["TReLU", "TATConv2d", "TATLinear", "trelu_scale"]
 
 
 def trelu_scale(slope: float) -> float:
-    """TReLU's output scale sqrt(2 / (1 + slope²)): gives Q(q) = q (REFERENCE.md, TReLU)."""
+    """TReLU's output scale sqrt(2 / (1 + slope²)): gives Q(q) = q (docs/math.md, TReLU)."""
     return math.sqrt(2.0 / (1.0 + slope * slope))
+
+
+def _slope_and_scale(slope, scale):
+    """(slope, scale) from numbers, or from the result of tat_ext.transform.solve_trelu."""
+    if not isinstance(slope, (numbers.Real, torch.Tensor)):
+        from tat_ext.transform import TReLUParams  # deferred: the solvers import scipy
+
+        if isinstance(slope, TReLUParams):
+            if scale is not None:
+                raise ValueError("scale: give either a solve_trelu result or a scale, not both")
+            return slope.slope, slope.scale
+    slope = check_float_param("slope", slope)
+    return slope, trelu_scale(slope) if scale is None else check_float_param("scale", scale)
 
 
 class _TransformedLReLU:
     """The activation constants shared by the modules; scale=None means TReLU's scale."""
 
     def _init_activation(self, slope, scale, in_shift, out_shift, save) -> None:
-        self.slope = check_float_param("slope", slope)
-        self.scale = trelu_scale(self.slope) if scale is None else check_float_param("scale", scale)
+        self.slope, self.scale = _slope_and_scale(slope, scale)
         self.in_shift = check_float_param("in_shift", in_shift)
         self.out_shift = check_float_param("out_shift", out_shift)
         resolve_save(save, self.slope, self.scale, self.out_shift)  # reject bad modes up front
         self.save = save
 
-    def _activate(self, x: torch.Tensor, bias: Optional[torch.Tensor], channel_dim: int):
+    def _activate(self, x: torch.Tensor, bias: Optional[torch.Tensor],
+                  channel_dim: int) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript calls the operator itself
+            return torch.ops.tat_ext.trelu(x, bias, self.slope, self.scale, self.in_shift,
+                                           self.out_shift, channel_dim, self.save)
         return trelu(x, bias, slope=self.slope, scale=self.scale, in_shift=self.in_shift,
                      out_shift=self.out_shift, channel_dim=channel_dim, save=self.save)
 
@@ -43,12 +70,19 @@ class TReLU(_TransformedLReLU, nn.Module):
     """y = scale·(LReLU(x + in_shift; slope) + out_shift) with fixed constants (no parameters).
 
     Args:
-        slope: negative-side slope α. scale: default sqrt(2/(1+α²)) (TAT's TReLU).
-        channel_dim: kept for symmetry with the functional op; unused without a bias.
+        slope: negative-side slope α, or the result of
+            :func:`tat_ext.transform.solve_trelu` (which carries its scale).
+        scale: default sqrt(2/(1+α²)) (TAT's TReLU, Q(q) = q).
+        in_shift, out_shift: constant shifts before and after the Leaky ReLU.
+        save: what the forward keeps for the backward (see :func:`tat_ext.trelu`).
+
+    Example::
+
+        act = TReLU(solve_trelu(49))     # a ResNet-50-shaped vanilla net: 49 nonlinear layers
     """
 
-    def __init__(self, slope: float, scale: Optional[float] = None, in_shift: float = 0.0,
-                 out_shift: float = 0.0, *, save: str = "auto") -> None:
+    def __init__(self, slope: Union[float, TReLUParams], scale: Optional[float] = None,
+                 in_shift: float = 0.0, out_shift: float = 0.0, *, save: str = "auto") -> None:
         super().__init__()
         self._init_activation(slope, scale, in_shift, out_shift, save)
 
@@ -57,8 +91,7 @@ class TReLU(_TransformedLReLU, nn.Module):
         """The TReLU whose plain chain of `depth` nonlinear layers has C_f(0) = eta."""
         from tat_ext.transform import solve_trelu
 
-        params = solve_trelu(depth, eta=eta)
-        return cls(params.slope, params.scale, save=save)
+        return cls(solve_trelu(depth, eta=eta), save=save)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._activate(x, None, 1)
@@ -68,16 +101,23 @@ class TReLU(_TransformedLReLU, nn.Module):
 
 
 class TATConv2d(_TransformedLReLU, nn.Conv2d):
-    """nn.Conv2d followed by the transformed Leaky ReLU, with the conv's bias added by the fused op.
+    """nn.Conv2d followed by the transformed Leaky ReLU, with the conv's bias added by the fused op:
+    y = scale·LReLU(conv(x) + bias; slope) (+ optional shifts), in one kernel per direction.
 
-    Takes nn.Conv2d's arguments plus the activation constants (keyword-only); its state_dict
-    ("weight", "bias") is interchangeable with nn.Conv2d's.
+    Takes nn.Conv2d's arguments plus the activation's constants (keyword-only): ``slope`` (the
+    negative-side slope α, or a :func:`tat_ext.transform.solve_trelu` result) and ``scale``
+    (default sqrt(2/(1+α²)), TReLU's). Solve the slope for the whole network's architecture, not
+    per layer. Its state_dict ("weight", "bias") is interchangeable with nn.Conv2d's.
+
+    The weights get PyTorch's default init here; a deep vanilla TAT net needs
+    :func:`tat_ext.init.tat_init_` (delta-orthogonal) applied to the whole model.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, slope: float, scale: Optional[float] = None,
-                 in_shift: float = 0.0, out_shift: float = 0.0, save: str = "auto") -> None:
+                 device=None, dtype=None, *, slope: Union[float, TReLUParams],
+                 scale: Optional[float] = None, in_shift: float = 0.0, out_shift: float = 0.0,
+                 save: str = "auto") -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
                            groups, bias, padding_mode, device, dtype)
         self._init_activation(slope, scale, in_shift, out_shift, save)
@@ -93,13 +133,15 @@ class TATConv2d(_TransformedLReLU, nn.Conv2d):
 class TATLinear(_TransformedLReLU, nn.Linear):
     """nn.Linear followed by the transformed Leaky ReLU, with the bias added by the fused op.
 
-    Takes nn.Linear's arguments plus the activation constants (keyword-only); its state_dict is
-    interchangeable with nn.Linear's.
+    Takes nn.Linear's arguments plus ``slope``/``scale``/shifts/``save`` as in
+    :class:`TATConv2d`; its state_dict is interchangeable with nn.Linear's. Initialize the model
+    with :func:`tat_ext.init.tat_init_` (scaled orthogonal weights).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, slope: float, scale: Optional[float] = None,
-                 in_shift: float = 0.0, out_shift: float = 0.0, save: str = "auto") -> None:
+                 dtype=None, *, slope: Union[float, TReLUParams], scale: Optional[float] = None,
+                 in_shift: float = 0.0, out_shift: float = 0.0,
+                 save: str = "auto") -> None:
         nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
         self._init_activation(slope, scale, in_shift, out_shift, save)
 

@@ -92,3 +92,40 @@ def test_module_constructors_reject_bad_activation_args(kwargs, exc, match):
         TATConv2d(2, 2, 3, **kwargs)
     with pytest.raises(exc, match=match):
         TATLinear(2, 2, **kwargs)
+
+
+def test_trelu_takes_the_solver_result():
+    from tat_ext.transform import solve_trelu
+
+    params = solve_trelu(50)
+    act = TReLU(params)
+    assert (act.slope, act.scale) == (params.slope, params.scale)
+    conv = TATConv2d(2, 2, 3, slope=params)
+    assert (conv.slope, conv.scale) == (params.slope, params.scale)
+    with pytest.raises(ValueError, match="scale"):
+        TReLU(params, scale=1.0)
+    with pytest.raises(TypeError, match="slope must be a real number"):
+        TReLU("0.2")
+
+
+def test_docstrings_explain_what_the_modules_need():
+    assert "channel_dim" not in TReLU.__doc__  # it has no such argument
+    for cls in (TATConv2d, TATLinear):
+        assert "tat_init_" in cls.__doc__ and "slope" in cls.__doc__
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: TReLU(0.3, out_shift=0.1), (2, 3, 4)),
+    (lambda: TATConv2d(3, 4, 3, padding=1, slope=0.2), (2, 3, 5, 5)),
+    (lambda: TATLinear(3, 4, slope=0.2, save="mask"), (2, 3)),
+], ids=["TReLU", "TATConv2d", "TATLinear"])
+def test_torchscript_matches_eager(make, shape):
+    torch.manual_seed(0)
+    module = make()
+    scripted = torch.jit.script(module)
+    x = torch.randn(shape, requires_grad=True)
+    y, y_scripted = module(x), scripted(x)
+    torch.testing.assert_close(y_scripted, y, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y_scripted, x, g)[0],
+                               torch.autograd.grad(y, x, g)[0], rtol=0, atol=0)

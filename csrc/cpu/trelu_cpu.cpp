@@ -59,6 +59,8 @@ struct ForwardRuns {
   void stream(int64_t i, int64_t n, int64_t off) { run<false>(i, n, runs.bias_base() + off); }
 };
 
+constexpr int64_t kBlockSteps = 32;  // vector steps summed per block of a constant run
+
 // Backward over runs: grad_x = dL/dz, and (kSum) dL/dz summed per channel in a fixed order.
 template <typename scalar_t, SaveKind kKind, bool kSum>
 struct BackwardRuns {
@@ -83,9 +85,12 @@ struct BackwardRuns {
 
   template <bool kConstBias>
   void run(int64_t i, int64_t n, const acc_t* b, acc_t* sums) {
-    Vec total(acc_t(0));
+    // A run's sum is blocked (kBlockSteps vector steps, then into `total`) so no lane adds more
+    // than ~n / (kBlockSteps * width) + kBlockSteps terms in a row: the error of a long serial
+    // sum grows with its length.
+    Vec total(acc_t(0)), block(acc_t(0));
     acc_t tail_total = 0;
-    int64_t j = 0;
+    int64_t j = 0, steps = 0;
     for (; j + IO::kWidth <= n; j += IO::kWidth) {
       Vec g[IO::kParts];
       Vec s[IO::kParts];
@@ -106,13 +111,20 @@ struct BackwardRuns {
         g[p] = trelu_grad(g[p], pos, k);
         if constexpr (kSum) {
           if constexpr (kConstBias) {
-            total = total + g[p];
+            block = block + g[p];
           } else {
             (Vec::loadu(sums + off) + g[p]).store(sums + off);
           }
         }
       }
       IO::store(grad_x + i + j, g);
+      if constexpr (kSum && kConstBias) {
+        if (++steps == kBlockSteps) {
+          total = total + block;
+          block = Vec(acc_t(0));
+          steps = 0;
+        }
+      }
     }
     for (; j < n; ++j) {
       const acc_t s = kKind == SaveKind::Mask ? acc_t(0) : acc_t(saved[i + j]);
@@ -125,7 +137,7 @@ struct BackwardRuns {
     }
     if constexpr (kSum && kConstBias) {
       __at_align__ acc_t lanes[Vec::size()];
-      total.store(lanes);
+      (total + block).store(lanes);
       acc_t run_total = 0;
       for (int64_t l = 0; l < Vec::size(); ++l) run_total += lanes[l];
       *sums += run_total + tail_total;
@@ -228,13 +240,18 @@ at::Tensor backward_kernel(BackwardPlan& p, double slope, double scale, double o
   }
   at::Tensor partial = at::zeros({g.partial_rows(), channels}, p.grad_y.options().dtype(acc));
   backward_tiles<scalar_t, kKind, true>(p, runs, g, k, partial.data_ptr<acc_t>());
-  // Ordered reduction of the per-tile partial sums: same bits for any thread count.
-  at::Tensor grad_bias = at::empty({channels}, partial.options());
-  const acc_t* part = partial.data_ptr<acc_t>();
-  acc_t* out = grad_bias.data_ptr<acc_t>();
-  for (int64_t c = 0; c < channels; ++c) out[c] = 0;
-  for (int64_t r = 0; r < g.partial_rows(); ++r)
-    for (int64_t c = 0; c < channels; ++c) out[c] += part[r * channels + c];
+  // The per-tile partial sums, pairwise (a tree over the rows, in a fixed order): the same bits
+  // for any thread count, and an error that grows with log2(rows) rather than rows.
+  acc_t* part = partial.data_ptr<acc_t>();
+  const int64_t rows = g.partial_rows();
+  for (int64_t stride = 1; stride < rows; stride *= 2) {
+    for (int64_t r = 0; r + stride < rows; r += 2 * stride) {
+      acc_t* into = part + r * channels;
+      const acc_t* from = part + (r + stride) * channels;
+      for (int64_t c = 0; c < channels; ++c) into[c] += from[c];
+    }
+  }
+  const at::Tensor grad_bias = rows == 1 ? partial.view({channels}) : partial[0].clone();
   return grad_bias.to(p.bias_grad_dtype);
 }
 

@@ -1,0 +1,196 @@
+"""Parity of tat_ext.trelu with its pure-PyTorch reference in every mode PyTorch offers for the
+eager composition it replaces: create_graph (double) backward, forward-mode AD, the torch.func
+transforms, vmap, torch.compile (static, dynamic, changing constants), autocast, checkpointing.
+The same function runs through both implementations and must give the same answer."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.func as tf
+from torch.autograd import forward_ad
+
+import tat_ext
+from tat_ext import _extension, reference
+from tat_ext.nn import TATConv2d
+
+pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
+
+# Every save mode, with constants under which it is valid (output: slope >= 0, no out_shift).
+SAVES = {
+    "input": dict(slope=0.2, scale=1.3, in_shift=0.1, out_shift=0.05),
+    "output": dict(slope=0.2, scale=1.3, in_shift=0.1, out_shift=0.0),
+    "mask": dict(slope=-0.3, scale=0.9, in_shift=-0.1, out_shift=0.2),
+    "auto": dict(slope=0.4, scale=1.2, in_shift=0.0, out_shift=0.0),
+}
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+IMPLS = {"fused": tat_ext.trelu, "reference": reference.trelu}
+
+
+def _act(impl, save, channel_dim=1):
+    return functools.partial(IMPLS[impl], channel_dim=channel_dim, save=save, **SAVES[save])
+
+
+def _inputs(layout="contiguous", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 5, 4, 6, generator=g, dtype=dtype)
+    x = x.contiguous(memory_format=LAYOUTS[layout])
+    b = torch.randn(5, generator=g, dtype=dtype)
+    return x, b
+
+
+def _both(run):
+    """run(impl) for the fused op and the reference."""
+    return run("fused"), run("reference")
+
+
+def _assert_same(fused, ref, rtol=1e-12, atol=1e-12):
+    for a, b in zip(torch.utils._pytree.tree_leaves(fused), torch.utils._pytree.tree_leaves(ref)):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("save", SAVES)
+def test_create_graph_double_backward(save, layout):
+    """A gradient penalty through the gradient: second-order terms must not be dropped."""
+    def run(impl):
+        x, b = (t.requires_grad_() for t in _inputs(layout))
+        y = _act(impl, save)(x, b)
+        gx, gb = torch.autograd.grad((y * y.detach().cos()).sum() + y.pow(3).sum(), (x, b),
+                                     create_graph=True)
+        penalty = gx.pow(2).sum() + (gb * gb.detach()).sum() + (gx * x).sum()
+        return torch.autograd.grad(penalty, (x, b))
+    _assert_same(*_both(run))
+
+
+@pytest.mark.parametrize("save", SAVES)
+def test_gradgradcheck(save):
+    x, b = (t.requires_grad_() for t in _inputs())
+    assert torch.autograd.gradcheck(_act("fused", save), (x, b), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(_act("fused", save), (x, b), check_fwd_over_rev=True,
+                                        check_rev_over_rev=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("save", SAVES)
+def test_forward_mode(save, layout):
+    x, b = _inputs(layout)
+    tx, tb = _inputs(layout, seed=1)
+
+    def run(impl):
+        with forward_ad.dual_level():
+            y = _act(impl, save)(forward_ad.make_dual(x, tx), forward_ad.make_dual(b, tb))
+            tangent = forward_ad.unpack_dual(y).tangent
+        return tangent, tf.jvp(_act(impl, save), (x, b), (tx, tb))
+    fused, ref = _both(run)
+    assert fused[0].abs().sum() > 0  # never silently zero
+    _assert_same(fused, ref)
+
+
+@pytest.mark.parametrize("save", SAVES)
+def test_func_transforms(save):
+    x, b = _inputs()
+
+    def run(impl):
+        f = _act(impl, save)
+        loss = lambda x, b: f(x, b).sin().sum()  # noqa: E731
+        return (tf.grad(loss, argnums=(0, 1))(x, b),
+                tf.jacrev(f, argnums=(0, 1))(x, b),
+                tf.jacfwd(f, argnums=(0, 1))(x, b),
+                tf.hessian(lambda b: f(x, b).pow(3).sum())(b),
+                tf.vjp(f, x, b)[1](torch.ones_like(x)))
+    _assert_same(*_both(run))
+
+
+@pytest.mark.parametrize("batched", ["x", "bias", "both"])
+@pytest.mark.parametrize("save", SAVES)
+def test_vmap(save, batched):
+    xs, bs = _inputs()[0], torch.randn(3, 5, dtype=torch.float64)
+    x, b = xs[0], bs[0]
+    in_dims = {"x": (0, None), "bias": (None, 0), "both": (0, 0)}[batched]
+    args = (xs if in_dims[0] == 0 else x, bs if in_dims[1] == 0 else b)
+
+    def run(impl):
+        f = _act(impl, save, channel_dim=0)  # per sample: [C, H, W]
+        grads = tf.vmap(tf.grad(lambda x, b: f(x, b).pow(2).sum(), argnums=(0, 1)),
+                        in_dims=in_dims)(*args)
+        return tf.vmap(f, in_dims=in_dims)(*args), grads
+    _assert_same(*_both(run))
+
+
+def test_functional_call_of_a_module():
+    torch.manual_seed(0)
+    m = TATConv2d(3, 4, 3, padding=1, slope=0.25).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(p, impl):
+        h = torch.nn.functional.conv2d(x, p["weight"], None, padding=1)
+        return IMPLS[impl](h, p["bias"], slope=m.slope, scale=m.scale).square().sum()
+
+    fused = tf.grad(lambda p: tf.functional_call(m, p, (x,)).square().sum())(params)
+    ref = tf.grad(functools.partial(loss, impl="reference"))(params)
+    _assert_same(fused, ref)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("save", SAVES)
+def test_compile_fullgraph_with_changing_shapes_and_constants(save, dynamic):
+    torch._dynamo.reset()
+    consts = SAVES[save]
+
+    def block(x, b, slope, scale):
+        p = dict(consts, slope=slope, scale=scale) if save != "output" else dict(consts)
+        return tat_ext.trelu(x, b, channel_dim=1, save=save, **p).square().sum()
+
+    compiled = torch.compile(block, fullgraph=True, dynamic=dynamic)
+    for n, slope, scale in [(4, 0.2, 1.3), (6, 0.3, 1.1), (5, 0.25, 0.9)]:
+        x, b = (t.float().requires_grad_() for t in _inputs())
+        x = x[..., :n].detach().requires_grad_()
+        out = compiled(x, b, slope, scale)
+        grads = torch.autograd.grad(out, (x, b))
+        p = dict(consts, slope=slope, scale=scale) if save != "output" else dict(consts)
+        out_ref = reference.trelu(x, b, channel_dim=1, **p).square().sum()
+        _assert_same((out, grads), (out_ref, torch.autograd.grad(out_ref, (x, b))), rtol=1e-5,
+                     atol=1e-5)
+
+
+def test_compiled_module_has_no_graph_break():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(TATConv2d(3, 4, 3, padding=1, slope=0.2),
+                              TATConv2d(4, 4, 3, padding=1, slope=0.2, out_shift=0.1))
+    explanation = torch._dynamo.explain(net)(torch.randn(2, 3, 6, 6))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("save", SAVES)
+def test_autocast_bf16_with_fp32_bias(save):
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, 3, 3, requires_grad=True)
+    x = torch.randn(2, 3, 8, 8)
+
+    def run(impl):
+        b = torch.linspace(-0.5, 0.5, 5, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.nn.functional.conv2d(x, w, padding=1)  # bf16 under autocast
+            y = _act(impl, save)(h, b)
+        assert y.dtype == torch.bfloat16
+        return y, torch.autograd.grad(y.float().square().sum(), (w, b))
+    (y, grads), (y_ref, grads_ref) = _both(run)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    _assert_same(grads, grads_ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("save", SAVES)
+def test_checkpointing(save, reentrant):
+    def run(impl):
+        x, b = (t.requires_grad_() for t in _inputs())
+        f = lambda x, b: _act(impl, save)(x, b).exp()  # noqa: E731
+        y = torch.utils.checkpoint.checkpoint(f, x, b, use_reentrant=reentrant)
+        y.sum().backward()  # the reentrant variant works with .backward() only
+        return x.grad, b.grad
+    _assert_same(*_both(run))
