@@ -124,10 +124,11 @@ class _InputSet:
     low_precision: bool  # also compare fp16/bf16 errors with PyTorch's own
 
 
-def _plan(device: torch.device, quick: bool) -> List[_InputSet]:
+def _plan(device: torch.device, quick: bool, layouts) -> List[_InputSet]:
     """Full: every layout x dtype x bias kind x parameter set x valid save mode. Quick: every
     layout x dtype with one bias kind and two parameter sets (TReLU + one other), rotating."""
-    layouts = cases.LAYOUTS + (cases.CUDA_LAYOUTS if device.type == "cuda" else [])
+    if layouts is None:
+        layouts = cases.LAYOUTS + (cases.CUDA_LAYOUTS if device.type == "cuda" else [])
     plan = []
     i = 0
     for layout in layouts:
@@ -143,10 +144,11 @@ def _plan(device: torch.device, quick: bool) -> List[_InputSet]:
     return plan
 
 
-def _determinism_plan(quick: bool) -> List[Tuple[cases.Layout, torch.dtype, str]]:
+def _determinism_plan(quick: bool, layouts) -> List[Tuple[cases.Layout, torch.dtype, str]]:
+    layouts = cases.DETERMINISM_LAYOUTS if layouts is None else layouts
     if quick:
-        return [(layout, torch.float32, "mask") for layout in cases.DETERMINISM_LAYOUTS]
-    return [(layout, dtype, save) for layout in cases.DETERMINISM_LAYOUTS
+        return [(layout, torch.float32, "mask") for layout in layouts]
+    return [(layout, dtype, save) for layout in layouts
             for dtype in (torch.float32, torch.bfloat16) for save in ("input", "output", "mask")]
 
 
@@ -258,12 +260,12 @@ def _check_low_precision(rec: _Recorder, dev: str, inputs, case_id: str,
 
 
 def _verify_device(rec: _Recorder, device: torch.device, quick: bool, seed: int,
-                   inject: _Injector, progress: bool) -> None:
+                   inject: _Injector, progress: bool, layouts) -> None:
     from tqdm import tqdm
 
     dev = str(device)
-    plan = _plan(device, quick)
-    determinism = _determinism_plan(quick)
+    plan = _plan(device, quick, layouts)
+    determinism = _determinism_plan(quick, layouts)
     total = sum(len(s.runs) for s in plan) + len(determinism)
     with tqdm(total=total, desc=f"verify {dev}", unit="case", disable=None if progress else True,
               file=sys.stderr, mininterval=0.5, leave=False) as bar:
@@ -314,8 +316,10 @@ def _extension_problem(device: torch.device) -> Optional[str]:
 
 
 def run_verify(devices: Sequence[torch.device], *, quick: bool = False, seed: int = 0,
-               inject: Optional[str] = None, progress: bool = True) -> VerifyResult:
-    """Run the grid on `devices`; `inject` (one of INJECTIONS) perturbs one reference result."""
+               inject: Optional[str] = None, progress: bool = True,
+               layouts: Optional[Sequence[cases.Layout]] = None) -> VerifyResult:
+    """Run the grid on `devices`; `inject` (one of INJECTIONS) perturbs one reference result;
+    `layouts` replaces the grid's layouts (and the large determinism cases) with these."""
     if inject is not None and inject not in INJECTIONS:
         raise UsageError(INJECT_ENV, f"unknown value {inject!r}; one of {', '.join(INJECTIONS)}")
     rec = _Recorder()
@@ -326,7 +330,7 @@ def run_verify(devices: Sequence[torch.device], *, quick: bool = False, seed: in
             rec.add(str(device), "-", "extension", "built", ok=False, err=0.0, ratio=float("inf"),
                     case="-", detail=problem)
             continue
-        _verify_device(rec, device, quick, seed, _Injector(inject), progress)
+        _verify_device(rec, device, quick, seed, _Injector(inject), progress, layouts)
     names = [str(d) for d in devices]
     dtypes = ["-"] + [_dtype_name(d) for d in cases.DTYPES]
     rows = sorted(rec.rows.values(), key=lambda r: (names.index(r.device), dtypes.index(r.dtype),
