@@ -126,17 +126,23 @@ class _InputSet:
 
 def _plan(device: torch.device, quick: bool, layouts) -> List[_InputSet]:
     """Full: every layout x dtype x bias kind x parameter set x valid save mode. Quick: every
-    layout x dtype with one bias kind and two parameter sets (TReLU + one other), rotating."""
+    layout x dtype with one bias kind, TReLU with each explicit save mode and one other parameter
+    set with one save mode, rotating through the rest of the grid."""
     if layouts is None:
         layouts = cases.LAYOUTS + (cases.CUDA_LAYOUTS if device.type == "cuda" else [])
     plan = []
     i = 0
     for layout in layouts:
         for dtype in cases.DTYPES:
-            kinds = [cases.BIAS_KINDS[i % 3]] if quick else cases.BIAS_KINDS
-            params = ([cases.PARAMS[0], cases.PARAMS[1 + i % (len(cases.PARAMS) - 1)]] if quick
-                      else cases.PARAMS)
-            runs = [(p, s) for p in params for s in cases.valid_saves(p)]
+            if quick:
+                kinds = [cases.BIAS_KINDS[i % 3]]
+                other = cases.PARAMS[1 + i % (len(cases.PARAMS) - 1)]
+                saves = cases.valid_saves(other)
+                runs = [(cases.PARAMS[0], s) for s in ("input", "output", "mask")]
+                runs.append((other, saves[i % len(saves)]))
+            else:
+                kinds = cases.BIAS_KINDS
+                runs = [(p, s) for p in cases.PARAMS for s in cases.valid_saves(p)]
             for k, kind in enumerate(kinds):
                 plan.append(_InputSet(layout, dtype, kind, runs,
                                       low_precision=dtype.itemsize == 2 and k == 0))
