@@ -2,8 +2,9 @@
 
 (a) activation: y = scale * (leaky_relu(x + bias + in_shift, slope) + out_shift) on [N, 64, H, W]
     tensors of each size, as written in eager PyTorch, torch.compile of that same function
-    (compiled afresh for every shape), and tat_ext.trelu: forward, backward (fwd+bwd minus fwd)
-    and fwd+bwd time (median and interquartile range), effective GB/s (minimum bytes: forward reads
+    (compiled afresh for every shape), and tat_ext.trelu: forward (as in training: the inputs
+    require grad, so what backward needs is saved), backward (fwd+bwd minus fwd) and fwd+bwd time
+    (median and interquartile range), effective GB/s (minimum bytes: forward reads
     x and writes y; backward reads grad_y and the saved tensor and writes grad_x) and its share of
     a copy_ of the same size into a preallocated buffer timed in the same run, peak memory, bytes
     saved for backward per element (inputs and the output not counted), and on CUDA kernel
@@ -250,28 +251,26 @@ def _measure_activation(s: _Settings, timer: Timer, form_name: str, dtype: torch
         fns["compile"] = _fresh_compile(fns["eager"])
     fns = {k: fns[k] for k in ACTIVATION_VARIANTS if k in fns}
     g = torch.Generator(device=device).manual_seed(size)
-    x = torch.randn(shape, generator=g, device=device, dtype=dtype)
-    x = x.contiguous(memory_format=workloads.LAYOUTS[layout])
-    bias = torch.randn(shape[1], generator=g, device=device, dtype=dtype)
-    grad = torch.randn(x.shape, generator=g, device=device, dtype=dtype).contiguous(
-        memory_format=workloads.LAYOUTS[layout])
-    xg, bg = x.detach().requires_grad_(True), bias.detach().requires_grad_(True)
-    nbytes = x.numel() * x.element_size()
+    fmt = workloads.LAYOUTS[layout]
+    xg = torch.randn(shape, generator=g, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    xg.requires_grad_(True)
+    bg = torch.randn(shape[1], generator=g, device=device, dtype=dtype).requires_grad_(True)
+    grad = torch.randn(shape, generator=g, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    nbytes = xg.numel() * xg.element_size()
 
-    src = torch.empty_like(x).normal_()
-    dst = torch.empty_like(x)
+    src = torch.empty_like(xg).normal_()
+    dst = torch.empty_like(xg)
     copy = timer(lambda: dst.copy_(src))
     del src, dst
     copy_gbs = 2 * nbytes / copy.median / 1e9
 
     moved = {"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwdbwd": 5 * nbytes}
     record = {"form": form_name, "dtype": _name(dtype), "layout": layout, "size": size,
-              "elements": x.numel(), "shape": list(shape), "bytes": nbytes,
+              "elements": xg.numel(), "shape": list(shape), "bytes": nbytes,
               "copy": dict(copy.to_json(), gbs=copy_gbs), "variants": {}}
     for name, fn in fns.items():
         def fwd(fn=fn):
-            with torch.no_grad():
-                return fn(x, bias)
+            return fn(xg, bg)  # recorded for backward, as in training (one compiled graph)
 
         def fwdbwd(fn=fn):
             return torch.autograd.grad(fn(xg, bg), (xg, bg), grad)
@@ -284,10 +283,10 @@ def _measure_activation(s: _Settings, timer: Timer, form_name: str, dtype: torch
         saved_extra = saved_bytes(lambda: fn(xg, bg), exclude=(xg, bg), exclude_output=True)
         v = {"fwd": t_fwd.to_json(), "fwdbwd": t_fb.to_json(), "bwd_ms": times["bwd"] * 1e3,
              "gbs": gbs, "pct_copy": {k: (100 * b / copy_gbs if b else None) for k, b in gbs.items()},
-             "saved_bytes": saved, "saved_bytes_per_element": saved_extra / x.numel(),
+             "saved_bytes": saved, "saved_bytes_per_element": saved_extra / xg.numel(),
              "peak_bytes": peak_memory(fwdbwd, device),
              "kernel_launches": kernel_launches(fwdbwd, device)}
-        if device.type == "cuda" and x.numel() <= _BACK_TO_BACK_MAX_ELEMENTS:
+        if device.type == "cuda" and xg.numel() <= _BACK_TO_BACK_MAX_ELEMENTS:
             v["back_to_back_us"] = _back_to_back(fwdbwd, device) * 1e6
         record["variants"][name] = v
     record["speedup"] = _speedups({k: {p: record["variants"][k][p]["median_ms"] for p in ("fwd", "fwdbwd")}
@@ -443,12 +442,12 @@ def main(args: argparse.Namespace) -> int:
     say(f"# tat-ext bench on {results.doc['device']}; tat_ext {env['tat_ext']}, torch {env['torch']}, "
         f"python {env['python']}")
     say("# command: " + " ".join([f"{k}={v}" for k, v in _malloc_env().items()] + [command]))
-    configs = []
+    configs = []  # the training step first: a time budget should cut activation sizes instead
+    if "model" in s.parts:
+        configs += [("model", None, d, l, None) for d in s.model_dtypes for l in s.model_layouts]
     if "activation" in s.parts:
         configs += [("activation", form, d, l, n) for form in s.forms for d in s.dtypes
                     for l in s.layouts for n in s.sizes]
-    if "model" in s.parts:
-        configs += [("model", None, d, l, None) for d in s.model_dtypes for l in s.model_layouts]
     start = time.perf_counter()
     with tqdm(total=len(configs), desc="bench", unit="config", file=sys.stderr, leave=False,
               disable=None if s.progress else True) as bar:
