@@ -43,7 +43,8 @@ def test_activation_and_training_step(tmp_path, capsys):
         assert r["copy"]["gbs"] > 0 and set(r["variants"]) == {"eager", "fused"}
         for v in r["variants"].values():
             assert STATS <= set(v["fwd"]) and STATS <= set(v["fwdbwd"])
-            assert v["fwd"]["reps"] >= 3 and v["fwd"]["q1_ms"] <= v["fwd"]["median_ms"] <= v["fwd"]["q3_ms"]
+            fwd = v["fwd"]
+            assert fwd["reps"] >= 3 and fwd["q1_ms"] <= fwd["median_ms"] <= fwd["q3_ms"]
             assert v["gbs"]["fwdbwd"] > 0 and v["pct_copy"]["fwdbwd"] > 0
             assert v["kernel_launches"] is None  # CPU
         # eager keeps x + b (4 bytes/element in fp32) for leaky_relu's backward; the fused op's

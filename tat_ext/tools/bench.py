@@ -58,10 +58,10 @@ _BACK_TO_BACK_MAX_ELEMENTS = 1 << 20
 # Defaults per device, then per preset; explicit options win over both.
 _DEFAULTS = {
     "cpu": dict(sizes="2K,8K,64K,1M,4M,16M", dtype="float32,bfloat16", layout="nchw,channels_last",
-                depth=50, width=16, resolution=16, batch=8, reps=10, min_time=0.2),
+                reps=10, min_time=0.2, **workloads.MODEL_DEFAULTS["cpu"]),
     "cuda": dict(sizes="2K,8K,1M,16M,64M,256M", dtype="float32,bfloat16",
-                 layout="nchw,channels_last", depth=50, width=64, resolution=32, batch=128, reps=20,
-                 min_time=0.1),
+                 layout="nchw,channels_last", reps=20, min_time=0.1,
+                 **workloads.MODEL_DEFAULTS["cuda"]),
 }
 PRESETS = {
     "quick": dict(sizes="2K,64K", dtype="float32", layout="nchw", depth=13, width=8, resolution=8,
@@ -167,14 +167,9 @@ def _settings(args: argparse.Namespace) -> _Settings:
     variants = _choices(args.variants or "eager,compile,fused", MODEL_VARIANTS, "--variants")
     if "eager" not in variants:
         raise UsageError("--variants", "eager is the baseline every ratio refers to; keep it")
-    spec = workloads.ModelSpec(args.model, _at_least(values["depth"], "--depth"),
-                               _at_least(values["width"], "--width"),
-                               _at_least(values["resolution"], "--resolution"),
-                               _at_least(values["batch"], "--batch"))
-    if spec.name not in workloads.MODELS:
-        raise UsageError("--model", f"unknown model {spec.name!r}; one of {', '.join(workloads.MODELS)}")
-    if "model" in parts:
-        spec.trelu()  # an unreachable depth is a usage error now, not after the activation part
+    # Checked even when only the activation part runs: a bad option is never silently ignored.
+    spec = workloads.model_spec(args.model, values["depth"], values["width"],
+                                values["resolution"], values["batch"])
     if args.time_budget is not None:
         _at_least(args.time_budget, "--time-budget", 0.0)
     dtypes = [parse_dtype(d) for d in _choices(values["dtype"], list(DTYPE_NAMES), "--dtype")]
@@ -204,7 +199,8 @@ def _check_memory(s: _Settings) -> None:
                 n = math.prod(shape)
                 workloads.check_fits(workloads.activation_bytes_estimate(n, dtype.itemsize), free,
                                      "--sizes", f"size {human_count(size)} ({n:,} elements of "
-                                                f"{_name(dtype)}, x = {n * dtype.itemsize / 2 ** 20:,.0f} MiB)")
+                                                f"{_name(dtype)}, x = "
+                                                f"{n * dtype.itemsize / 2 ** 20:,.0f} MiB)")
     if "model" in s.parts:
         for dtype in s.model_dtypes:
             workloads.check_fits(workloads.model_bytes_estimate(s.spec, dtype.itemsize), free,
@@ -289,8 +285,8 @@ def _measure_activation(s: _Settings, timer: Timer, form_name: str, dtype: torch
         if device.type == "cuda" and xg.numel() <= _BACK_TO_BACK_MAX_ELEMENTS:
             v["back_to_back_us"] = _back_to_back(fwdbwd, device) * 1e6
         record["variants"][name] = v
-    record["speedup"] = _speedups({k: {p: record["variants"][k][p]["median_ms"] for p in ("fwd", "fwdbwd")}
-                                   for k in record["variants"]})
+    record["speedup"] = _speedups({k: {p: v[p]["median_ms"] for p in ("fwd", "fwdbwd")}
+                                   for k, v in record["variants"].items()})
     return record
 
 

@@ -48,7 +48,8 @@ def _activation_gbs(doc: dict, path: str) -> str:
         groups.setdefault((r["form"], r["dtype"], r["layout"]), []).append(r)
     cols = min(2, len(groups))
     rows = (len(groups) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False,
+                             constrained_layout=True)
     for ax, ((form, dtype, layout), records) in zip(axes.flat, groups.items()):
         records = sorted(records, key=lambda r: r["elements"])
         sizes = [r["elements"] for r in records]
@@ -73,35 +74,40 @@ def _activation_gbs(doc: dict, path: str) -> str:
 
 
 def _train_step(doc: dict, path: str) -> str:
-    """Step time (median, interquartile bars) and peak / saved memory per variant, per config."""
+    """Step time (median, interquartile bars), saved-for-backward and peak memory per variant,
+    per (dtype, layout)."""
     plt = _pyplot()
     records = doc["model"]
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax_t, ax_s, ax_p) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     variants = list(dict.fromkeys(v for r in records for v in r["variants"]))
     width = 0.8 / len(variants)
     labels = [f"{r['dtype']}\n{r['layout']}" for r in records]
     for i, name in enumerate(variants):
         xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(records))]
-        step = [r["variants"].get(name, {}).get("step") for r in records]
+        per = [r["variants"].get(name, {}) for r in records]
+        step = [v.get("step") for v in per]
         med = [s["median_ms"] if s else 0.0 for s in step]
         err = [[s["median_ms"] - s["q1_ms"] if s else 0 for s in step],
                [s["q3_ms"] - s["median_ms"] if s else 0 for s in step]]
-        ax_t.bar(xs, med, width, yerr=err, color=_COLORS.get(name), label=name, capsize=3)
-        peak = [(r["variants"].get(name, {}).get("peak_bytes") or 0) / 2 ** 20 for r in records]
-        saved = [(r["variants"].get(name, {}).get("saved_bytes") or 0) / 2 ** 20 for r in records]
-        ax_m.bar(xs, peak, width, color=_COLORS.get(name), alpha=0.45)
-        ax_m.bar(xs, saved, width * 0.5, color=_COLORS.get(name), label=name)
+        color = _COLORS.get(name)
+        ax_t.bar(xs, med, width, yerr=err, color=color, label=name, capsize=3)
+        ax_s.bar(xs, [(v.get("saved_bytes") or 0) / 2 ** 20 for v in per], width, color=color,
+                 label=name)
+        ax_p.bar(xs, [(v.get("peak_bytes") or 0) / 2 ** 20 for v in per], width, color=color,
+                 label=name)
     spec = records[0]
-    for ax, ylabel in ((ax_t, "ms per training step"),
-                       (ax_m, "MiB: peak (wide, light), saved for backward (narrow)")):
+    peak = ("MiB peak allocated above weights and batch" if doc["settings"]["device"] != "cpu"
+            else "MiB peak resident-set growth (CPU)")
+    for ax, ylabel in ((ax_t, "ms per training step"), (ax_s, "MiB saved for backward"),
+                       (ax_p, peak)):
         ax.set_xticks(range(len(records)))
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"tat-ext bench: {spec['model']} depth {spec['depth']}, width {spec['width']}, "
-                 f"{spec['resolution']}x{spec['resolution']}, batch {spec['batch']} on "
-                 f"{doc['device']}", fontsize=10)
+    fig.suptitle(f"tat-ext bench: training step of {spec['model']} depth {spec['depth']}, width "
+                 f"{spec['width']}, {spec['resolution']}x{spec['resolution']}, batch "
+                 f"{spec['batch']} on {doc['device']}", fontsize=10)
     path = _save(fig, path)
     plt.close(fig)
     return path

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--model", default="conv-chain",
                         help=f"model: {', '.join(workloads.MODELS)} (default conv-chain)")
-    parser.add_argument("--depth", type=int, default=50, help="nonlinear layers (default 50)")
+    parser.add_argument("--depth", type=int, help="nonlinear layers (default 50)")
     parser.add_argument("--width", type=int, help="channels (default 16 on cpu, 64 on cuda)")
     parser.add_argument("--resolution", type=int, help="input height = width (default 16 / 32)")
     parser.add_argument("--batch", type=int, help="batch size (default 8 / 128)")
@@ -74,10 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: "
                                                     "torch's, one per core)")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per variant (default 12)")
-    parser.add_argument("--out", default="tat-ext-profile", help="output folder (default ./tat-ext-profile)")
-
-
-_SIZES = {"cpu": dict(width=16, resolution=16, batch=8), "cuda": dict(width=64, resolution=32, batch=128)}
+    parser.add_argument("--out", default="tat-ext-profile",
+                        help="output folder (default ./tat-ext-profile)")
 
 
 @dataclasses.dataclass
@@ -110,27 +108,24 @@ def _top_level_call(event) -> bool:
 
 def _settings(args: argparse.Namespace):
     device = resolve_device(args.device)
-    sizes = dict(_SIZES[device.type])
+    sizes = dict(workloads.MODEL_DEFAULTS[device.type])
     for key in sizes:
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
-    for key, value in dict(sizes, depth=args.depth, steps=args.steps, top=args.top).items():
+    for key, value in (("--steps", args.steps), ("--top", args.top)):
         if value < 1:
-            raise UsageError(f"--{key}", f"must be >= 1, got {value}")
+            raise UsageError(key, f"must be >= 1, got {value}")
     if args.warmup < 0:
         raise UsageError("--warmup", f"must be >= 0, got {args.warmup}")
-    if args.model not in workloads.MODELS:
-        raise UsageError("--model", f"unknown model {args.model!r}; one of {', '.join(workloads.MODELS)}")
     if args.layout not in workloads.LAYOUTS:
-        raise UsageError("--layout", f"unknown layout {args.layout!r}; one of {', '.join(workloads.LAYOUTS)}")
+        raise UsageError("--layout", f"unknown layout {args.layout!r}; one of "
+                                     f"{', '.join(workloads.LAYOUTS)}")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise UsageError("--variants", f"unknown variant {bad[0] if bad else args.variants!r}; "
                                        f"choose from {', '.join(VARIANTS)}")
-    spec = workloads.ModelSpec(args.model, args.depth, sizes["width"], sizes["resolution"],
-                               sizes["batch"])
-    spec.trelu()  # an unreachable depth is reported now
+    spec = workloads.model_spec(args.model, **sizes)
     dtype = parse_dtype(args.dtype)
     workloads.check_fits(workloads.model_bytes_estimate(spec, dtype.itemsize), available_bytes(device),
                          "--batch", f"the {spec.name} training step (depth {spec.depth}, width "
@@ -230,7 +225,8 @@ def main(args: argparse.Namespace) -> int:
 
     env = environment([device])
     command = "tat-ext " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["profile"]))
-    say(f"# tat-ext profile on {describe_device(device)}; tat_ext {env['tat_ext']}, torch {env['torch']}")
+    say(f"# tat-ext profile on {describe_device(device)}; tat_ext {env['tat_ext']}, "
+        f"torch {env['torch']}")
     say(f"# command: {command}")
     say(f"# {spec.name}: depth {spec.depth}, width {spec.width}, {spec.resolution}x{spec.resolution}, "
         f"batch {spec.batch}, {str(dtype).replace('torch.', '')}, {args.layout}; "

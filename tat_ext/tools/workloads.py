@@ -24,7 +24,7 @@ from tat_ext.transform import solve_trelu
 __all__ = ["ACTIVATION_FORMS", "LAYOUTS", "MODELS", "ActivationForm", "activation_shape",
            "activation_variants", "ModelSpec", "ConvChain", "build_model", "model_pair",
            "make_batch", "make_train_step", "model_bytes_estimate", "activation_bytes_estimate",
-           "check_fits", "sizes_from_text"]
+           "check_fits", "sizes_from_text", "model_spec", "MODEL_DEFAULTS"]
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 _ETA = 0.9  # the paper's default target C_f(0)
@@ -87,6 +87,10 @@ def activation_bytes_estimate(elements: int, itemsize: int) -> int:
 
 
 MODELS = ("conv-chain",)
+# Training-step sizes per device type: a few seconds per variant on a 2-core CPU; on a GPU,
+# activations of 32 MiB (fp32) per layer, large enough that the kernels rather than launches count.
+MODEL_DEFAULTS = {"cpu": dict(depth=50, width=16, resolution=16, batch=8),
+                  "cuda": dict(depth=50, width=64, resolution=32, batch=128)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +145,19 @@ class ConvChain(nn.Module):
         for conv, act in zip(self.convs, self.acts):
             x = act(conv(x))
         return self.head(x.mean(dim=(2, 3)))
+
+
+def model_spec(name: str, depth: int, width: int, resolution: int, batch: int) -> ModelSpec:
+    """A checked ModelSpec: known model, sizes >= 1, a depth the TReLU solver can reach."""
+    if name not in MODELS:
+        raise UsageError("--model", f"unknown model {name!r}; one of {', '.join(MODELS)}")
+    for argument, value in (("--depth", depth), ("--width", width), ("--resolution", resolution),
+                            ("--batch", batch)):
+        if value < 1:
+            raise UsageError(argument, f"must be >= 1, got {value}")
+    spec = ModelSpec(name, depth, width, resolution, batch)
+    spec.trelu()
+    return spec
 
 
 def build_model(spec: ModelSpec, fused: bool) -> nn.Module:
@@ -213,10 +230,12 @@ def sizes_from_text(text: str) -> list:
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
+        suffix = part[-1].upper()
         try:
-            value = float(part[:-1]) * mult[part[-1].upper()] if part[-1].upper() in mult else float(part)
+            value = float(part[:-1]) * mult[suffix] if suffix in mult else float(part)
         except ValueError:
-            raise UsageError("--sizes", f"cannot read {part!r}; use element counts like 8K,1M,64M") from None
+            raise UsageError("--sizes", f"cannot read {part!r}; use element counts like "
+                                        "8K,1M,64M") from None
         if not math.isfinite(value) or value < 1:
             raise UsageError("--sizes", f"{part!r} is not a positive element count")
         sizes.append(int(value))
