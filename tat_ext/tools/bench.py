@@ -44,7 +44,7 @@ from tat_ext.tools.common import (DTYPE_NAMES, UsageError, describe_device, envi
                                   format_table, human_count, parse_dtype, prepare_output_dir,
                                   require_extension, resolve_device, set_threads, write_atomic,
                                   write_json_atomic)
-from tat_ext.tools.timing import (Stats, Timer, available_bytes, kernel_launches, peak_memory,
+from tat_ext.tools.timing import (Timer, available_bytes, kernel_launches, peak_memory,
                                   saved_bytes, synchronize)
 
 __all__ = ["add_arguments", "main", "PRESETS"]
