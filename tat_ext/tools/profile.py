@@ -31,7 +31,7 @@ from tat_ext.tools import workloads
 from tat_ext.tools.common import (UsageError, describe_device, environment, format_table,
                                   parse_dtype, prepare_output_dir, require_extension,
                                   resolve_device, set_threads, write_atomic, write_json_atomic)
-from tat_ext.tools.timing import available_bytes, quiet_stderr, synchronize
+from tat_ext.tools.timing import available_bytes, is_gpu_kernel, quiet_stderr, synchronize
 
 __all__ = ["add_arguments", "main", "categorize", "CATEGORIES"]
 
@@ -189,7 +189,7 @@ def _kernel_rows(prof, device) -> List[_KernelRow]:
     totals: Dict[tuple, _KernelRow] = {}
     for e in prof.events():
         if device.type == "cuda":
-            if e.device_type != torch.autograd.DeviceType.CUDA:
+            if not is_gpu_kernel(e):
                 continue
             self_us = e.time_range.elapsed_us()
             category = categorize(e.name)

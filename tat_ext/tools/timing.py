@@ -12,8 +12,8 @@ from typing import Callable, Iterable, Iterator, List, Optional
 
 import torch
 
-__all__ = ["Stats", "Timer", "peak_memory", "saved_bytes", "kernel_launches", "available_bytes",
-           "quiet_stderr", "synchronize"]
+__all__ = ["Stats", "Timer", "peak_memory", "saved_bytes", "kernel_launches", "is_gpu_kernel",
+           "available_bytes", "quiet_stderr", "synchronize"]
 
 
 @dataclasses.dataclass
@@ -159,6 +159,16 @@ def quiet_stderr() -> Iterator[None]:
 _NOT_KERNELS = re.compile(r"^(Memcpy|Memset|cudaMemcpy|cudaMemset)", re.I)
 
 
+def is_gpu_kernel(event) -> bool:
+    """A profiler event that is a GPU kernel (not a copy or memset, not host-side)."""
+    if event.device_type != torch.autograd.DeviceType.CUDA:
+        return False
+    kind = getattr(event, "activity_type", None)  # "kernel", "gpu_memcpy", ... (newer torch)
+    if kind == "kernel":
+        return True
+    return kind not in ("gpu_memcpy", "gpu_memset") and not _NOT_KERNELS.match(event.name)
+
+
 def kernel_launches(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     """GPU kernels launched by one call of `fn` (profiler kernel events, copies and memsets not
     counted); None on the CPU."""
@@ -176,8 +186,7 @@ def kernel_launches(fn: Callable[[], object], device: torch.device) -> Optional[
     finally:
         with quiet_stderr():
             prof.stop()
-    return sum(1 for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA and not _NOT_KERNELS.match(e.name))
+    return sum(1 for e in prof.events() if is_gpu_kernel(e))
 
 
 def available_bytes(device: torch.device) -> Optional[int]:
