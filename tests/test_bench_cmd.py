@@ -120,3 +120,16 @@ def test_unwritable_output_folder_is_exit_2(tmp_path, capsys, command):
     assert main([command, "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "argument --out" in err and "cannot write" in err
+
+
+def test_runs_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
+    """An offline GPU machine may lack both: the numbers still come, the plots are skipped."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out = _bench(tmp_path, "--part", "activation", "--sizes", "2K", "--variants", "eager,fused")
+    assert code == 0
+    assert "plots skipped" in capsys.readouterr().out
+    assert json.loads((out / "bench.json").read_text())["activation"]
+    assert not (out / "activation_gbs.png").exists()

@@ -33,16 +33,15 @@ import dataclasses
 import math
 import os
 import shlex
-import sys
 import time
 from typing import Dict, List, Optional
 
 import torch
 
 from tat_ext.tools import workloads
-from tat_ext.tools.common import (DTYPE_NAMES, UsageError, describe_device, environment,
+from tat_ext.tools.common import (DTYPE_NAMES, Report, UsageError, describe_device, environment,
                                   format_table, human_count, parse_dtype, prepare_output_dir,
-                                  require_extension, resolve_device, set_threads, write_atomic,
+                                  progress_bar, require_extension, resolve_device, set_threads,
                                   write_json_atomic)
 from tat_ext.tools.timing import (Timer, available_bytes, kernel_launches, peak_memory,
                                   saved_bytes, synchronize)
@@ -418,8 +417,6 @@ def model_table(records: List[dict]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run `tat-ext bench`; returns 0 (UsageError for bad options)."""
-    from tqdm import tqdm
-
     set_threads(args.threads)
     s = _settings(args)
     require_extension(s.device)
@@ -428,12 +425,7 @@ def main(args: argparse.Namespace) -> int:
     command = "tat-ext " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
     results = _Results(s, command)
     timer = Timer(s.device, reps=s.reps, min_time=s.min_time)
-    report: List[str] = []
-
-    def say(line: str = "") -> None:
-        report.append(line)
-        tqdm.write(line)
-
+    say = Report()
     env = results.doc["environment"]
     say(f"# tat-ext bench on {results.doc['device']}; tat_ext {env['tat_ext']}, torch {env['torch']}, "
         f"python {env['python']}")
@@ -445,8 +437,7 @@ def main(args: argparse.Namespace) -> int:
         configs += [("activation", form, d, l, n) for form in s.forms for d in s.dtypes
                     for l in s.layouts for n in s.sizes]
     start = time.perf_counter()
-    with tqdm(total=len(configs), desc="bench", unit="config", file=sys.stderr, leave=False,
-              disable=None if s.progress else True) as bar:
+    with progress_bar(len(configs), "bench", "config", enabled=s.progress) as bar:
         for part, form, dtype, layout, size in configs:
             what = f"{part} {form or s.spec.name} {_name(dtype)} {layout}" + (
                 f" {human_count(size)}" if size else "")
@@ -474,10 +465,13 @@ def main(args: argparse.Namespace) -> int:
     if s.plots:
         from tat_ext.tools import plots
 
-        for path in plots.draw(results.doc, s.out):
-            say(f"plot: {path}")
+        try:
+            for path in plots.draw(results.doc, s.out):
+                say(f"plot: {path}")
+        except ImportError as error:  # matplotlib absent (an offline GPU machine): keep the rest
+            say(f"plots skipped: {error}")
     say(f"results: {results.path}")
-    write_atomic(os.path.join(s.out, "report.txt"), ("\n".join(report) + "\n").encode())
+    say.save(os.path.join(s.out, "report.txt"))
     return 0
 
 

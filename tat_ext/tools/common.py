@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 from typing import Any, Iterable, List, Optional, Sequence
 
@@ -13,7 +14,7 @@ import torch
 __all__ = ["UsageError", "resolve_device", "cuda_devices", "prepare_output_dir",
            "check_writable_file", "write_atomic", "write_json_atomic", "format_table",
            "environment", "describe_device", "set_threads", "require_extension",
-           "human_count", "DTYPE_NAMES", "parse_dtype"]
+           "human_count", "progress_bar", "say", "Report", "DTYPE_NAMES", "parse_dtype"]
 
 
 class UsageError(ValueError):
@@ -131,6 +132,57 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
                          for c, w, r in zip(cells, widths, right)).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when tqdm is not installed (e.g. an offline GPU machine)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
+    """A tqdm progress bar on stderr, shown only on a terminal (and never when not `enabled`);
+    a silent stand-in where tqdm is missing. Use as a context manager."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, mininterval=0.5,
+                disable=None if enabled else True)
+
+
+def say(line: str = "") -> None:
+    """Print a report line without breaking a progress bar that is being drawn."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, flush=True)
+        return
+    tqdm.write(line)
+
+
+class Report:
+    """The printed report of a tool run, kept to be saved as a text file next to its results."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(line)
+        say(line)
+
+    def save(self, path: str) -> None:
+        write_atomic(path, ("\n".join(self.lines) + "\n").encode())
 
 
 def _cpu_model() -> str:

@@ -28,9 +28,10 @@ from typing import Dict, List
 import torch
 
 from tat_ext.tools import workloads
-from tat_ext.tools.common import (UsageError, describe_device, environment, format_table,
-                                  parse_dtype, prepare_output_dir, require_extension,
-                                  resolve_device, set_threads, write_atomic, write_json_atomic)
+from tat_ext.tools.common import (Report, UsageError, describe_device, environment, format_table,
+                                  parse_dtype, prepare_output_dir, progress_bar,
+                                  require_extension, resolve_device, set_threads,
+                                  write_json_atomic)
 from tat_ext.tools.timing import available_bytes, is_gpu_kernel, quiet_stderr, synchronize
 
 __all__ = ["add_arguments", "main", "categorize", "CATEGORIES"]
@@ -211,17 +212,11 @@ def _short(name: str, width: int = 72) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run `tat-ext profile`; returns 0 (UsageError for bad options)."""
-    from tqdm import tqdm
-
     set_threads(args.threads)
     device, spec, dtype, variants = _settings(args)
     require_extension(device)
     out = prepare_output_dir(args.out)
-    report: List[str] = []
-
-    def say(line: str = "") -> None:
-        report.append(line)
-        tqdm.write(line)
+    say = Report()
 
     env = environment([device])
     command = "tat-ext " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["profile"]))
@@ -233,20 +228,22 @@ def main(args: argparse.Namespace) -> int:
         f"{args.steps} profiled steps after {args.warmup} warm-up steps")
     what = "GPU kernels (self time on the GPU)" if device.type == "cuda" else "operators (self CPU time)"
     results = {}
-    for variant in tqdm(variants, desc="profile", unit="variant", leave=False, disable=None):
-        trace = os.path.join(out, f"trace_{variant}.json")
-        rows, wall = _profile_variant(device, spec, dtype, args.layout, variant, args.steps,
-                                      args.warmup, trace)
-        results[variant] = {"trace": trace, "step_ms": wall / args.steps * 1e3, "rows": rows}
-        step_us = wall / args.steps * 1e6
-        say()
-        say(f"## {variant}: {wall / args.steps * 1e3:.2f} ms per step; top {args.top} {what}")
-        say(format_table(
-            ["kernel", "category", "calls/step", "ms/step", "% of step"],
-            [[_short(r.name), r.category, f"{r.calls / args.steps:g}",
-              f"{r.self_us / args.steps / 1e3:.3f}", f"{100 * r.self_us / args.steps / step_us:.1f}"]
-             for r in rows[:args.top]], right=[False, False, True, True, True]))
-        say(f"trace: {trace}")
+    with progress_bar(len(variants), "profile", "variant") as bar:
+        for variant in variants:
+            trace = os.path.join(out, f"trace_{variant}.json")
+            rows, wall = _profile_variant(device, spec, dtype, args.layout, variant, args.steps,
+                                          args.warmup, trace)
+            results[variant] = {"trace": trace, "step_ms": wall / args.steps * 1e3, "rows": rows}
+            step_us = wall / args.steps * 1e6
+            say()
+            say(f"## {variant}: {wall / args.steps * 1e3:.2f} ms per step; top {args.top} {what}")
+            say(format_table(
+                ["kernel", "category", "calls/step", "ms/step", "% of step"],
+                [[_short(r.name), r.category, f"{r.calls / args.steps:g}",
+                  f"{r.self_us / args.steps / 1e3:.3f}", f"{100 * r.self_us / args.steps / step_us:.1f}"]
+                 for r in rows[:args.top]], right=[False, False, True, True, True]))
+            say(f"trace: {trace}")
+            bar.update()
 
     categories = [c for c, _ in CATEGORIES] + ["other"]
     say()
@@ -283,5 +280,5 @@ def main(args: argparse.Namespace) -> int:
                        "steps": args.steps, "warmup": args.warmup, "kernel_kind": what,
                        "variants": summary})
     say(f"summary: {os.path.join(out, 'profile.json')}")
-    write_atomic(os.path.join(out, "profile.txt"), ("\n".join(report) + "\n").encode())
+    say.save(os.path.join(out, "profile.txt"))
     return 0

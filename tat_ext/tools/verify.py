@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,7 +25,8 @@ import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.tools import cases
 from tat_ext.tools.common import (UsageError, check_writable_file, cuda_devices, describe_device,
-                                  environment, format_table, resolve_device, write_json_atomic)
+                                  environment, format_table, progress_bar, resolve_device,
+                                  write_json_atomic)
 
 __all__ = ["run_verify", "VerifyResult", "add_arguments", "main", "INJECT_ENV", "INJECTIONS"]
 
@@ -266,14 +266,11 @@ def _check_low_precision(rec: _Recorder, dev: str, inputs, case_id: str,
 
 def _verify_device(rec: _Recorder, device: torch.device, quick: bool, seed: int,
                    inject: _Injector, progress: bool, layouts) -> None:
-    from tqdm import tqdm
-
     dev = str(device)
     plan = _plan(device, quick, layouts)
     determinism = _determinism_plan(quick, layouts)
     total = sum(len(s.runs) for s in plan) + len(determinism)
-    with tqdm(total=total, desc=f"verify {dev}", unit="case", disable=None if progress else True,
-              file=sys.stderr, mininterval=0.5, leave=False) as bar:
+    with progress_bar(total, f"verify {dev}", "case", enabled=progress) as bar:
         for s in plan:
             inputs_cpu = _make(s.layout, s.dtype, s.bias_kind, "cpu", seed)
             inputs = inputs_cpu if device.type == "cpu" else _make(s.layout, s.dtype, s.bias_kind,
