@@ -143,8 +143,8 @@ run_step copy_bw 40 bench.log "$py" -c "$copy_bw_py" "$out/copy_bw.json"
 
 # ---- benchmark ------------------------------------------------------------------------------
 if [ $built -eq 0 ] || [ "$dry" = "1" ]; then
-  run_step bench 240 bench.log "$py" bench/bench_act.py --device cuda --sizes-mb 16,64,256,1024 \
-    --dtypes float32,bfloat16 --layouts nchw,channels_last --max-reps 50 --json "$out/bench.json"
+  run_step bench 170 bench.log "$py" -m tat_ext bench --device cuda --preset gpu --time-budget 100 \
+    --no-progress --out "$out"
 fi
 
 # ---- summary --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.ops import SAVE_KIND
-from trelu_cases import assert_compiled_matches_eager
+from tat_ext.tools.cases import assert_compiled_matches_eager
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
 

@@ -6,25 +6,11 @@ import torch
 
 import tat_ext
 from tat_ext import _extension, reference
-from trelu_cases import (DTYPES, LAYOUTS, eager_chain, fp64_reference, grad_bias_atol, make_bias,
-                         make_input, max_abs_err)
+from tat_ext.tools.cases import (DTYPES, LAYOUTS, PARAMS, eager_chain, fp64_reference,
+                                 grad_bias_atol, grad_bias_rtol, grad_x_rtol, make_bias, make_input,
+                                 max_abs_err, valid_saves)
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
-
-# Parameter sets: TReLU (slope 0 = ReLU, tiny, mid, linear), a non-unit scale, and shifts.
-PARAMS = [
-    dict(slope=0.0, scale=2 ** 0.5, in_shift=0.0, out_shift=0.0),
-    dict(slope=0.01, scale=1.0, in_shift=0.0, out_shift=0.0),
-    dict(slope=0.5, scale=1.2649110640673518, in_shift=0.0, out_shift=0.0),
-    dict(slope=1.0, scale=0.75, in_shift=0.0, out_shift=0.0),
-    dict(slope=0.2, scale=1.7, in_shift=0.3, out_shift=-0.4),
-    dict(slope=-0.3, scale=-0.9, in_shift=-0.2, out_shift=0.0),
-]
-SAVES = ["input", "output", "mask", "auto"]
-
-def _valid_saves(p):
-    exact = p["slope"] >= 0 and p["scale"] > 0 and p["out_shift"] == 0
-    return [s for s in SAVES if s != "output" or exact]
 
 def _run(fn, x, bias, grad_out, **kw):
     x = x.detach().clone().requires_grad_(True)  # clone keeps x's strides
@@ -46,26 +32,20 @@ def test_matches_reference(layout, dtype, bias_kind):
     for i, p in enumerate(PARAMS):
         if (i + len(layout.id)) % 2 and p is not PARAMS[0]:
             continue  # every layout sees TReLU and half of the other parameter sets
-        for save in _valid_saves(p):
+        for save in valid_saves(p):
             kw = dict(p, channel_dim=layout.channel_dim, save=save)
             y, grads = _run(tat_ext.trelu, x, bias, grad_out, **kw)
             y_ref, grads_ref = _run(reference.trelu, x, bias, grad_out, **kw)
             # Same rounding steps and no FMA contraction: the forward is bit-identical.
             assert torch.equal(y, y_ref), f"forward differs ({save}, {p})"
             assert y.stride() == torch.empty_like(x).stride(), "memory format not kept"
-            # grad_x: dz = g * (scale*slope) vs autograd's (g*scale)*slope: 1 ulp of fp32.
-            rtol = 1e-14 if dtype == torch.float64 else 2e-6
-            if dtype.itemsize == 2:  # the 1-ulp fp32 difference can flip a rounding of dz
-                rtol = torch.finfo(dtype).eps
-            torch.testing.assert_close(grads[0], grads_ref[0], rtol=rtol, atol=1e-30,
+            torch.testing.assert_close(grads[0], grads_ref[0], rtol=grad_x_rtol(dtype), atol=1e-30,
                                        msg=lambda m: f"grad_x ({save}, {p}): {m}")
             if bias is not None:
                 atol = grad_bias_atol(grad_out, p["scale"], layout.channel_dim, dtype)
                 assert grads[1].dtype == bias.dtype
-                # A low-precision bias gets its fp32 sum rounded once more: 1 ulp of its dtype.
-                rtol = torch.finfo(bias.dtype).eps if bias.dtype.itemsize < 4 else 0.0
-                torch.testing.assert_close(grads[1].double(), grads_ref[1].double(), rtol=rtol,
-                                           atol=atol)
+                torch.testing.assert_close(grads[1].double(), grads_ref[1].double(),
+                                           rtol=grad_bias_rtol(bias.dtype), atol=atol)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", [LAYOUTS[7], LAYOUTS[8], LAYOUTS[3]], ids=lambda l: l.id)

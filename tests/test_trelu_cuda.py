@@ -11,8 +11,9 @@ import torch
 import tat_ext
 from tat_ext import _extension
 from tat_ext.ops import SAVE_KIND
-from trelu_cases import (DTYPES, LAYOUTS, Layout, assert_compiled_matches_eager, eager_chain,
-                         fp64_reference, grad_bias_atol, make_bias, make_input, max_abs_err)
+from tat_ext.tools.cases import (DTYPES, LAYOUTS, Layout, assert_compiled_matches_eager,
+                                 eager_chain, fp64_reference, grad_bias_atol, make_bias,
+                                 make_input, max_abs_err)
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),

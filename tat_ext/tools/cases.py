@@ -1,8 +1,20 @@
-"""Shared case grid and helpers for the trelu kernel tests (CPU and CUDA)."""
+"""The kernel-vs-reference case grid and its tolerance rules, in one place: `tat-ext verify`
+(tat_ext/tools/verify.py) runs it on every device, and the test suite (tests/test_trelu.py,
+tests/test_trelu_cuda.py) imports it.
+
+Tolerances, and why:
+- forward: bit-identical to `tat_ext.reference.trelu` (same rounding steps, no FMA contraction).
+- grad_x: the kernel computes g * (scale*slope), autograd (g*scale)*slope: 1 ulp of fp32
+  (`grad_x_rtol`); in fp16/bf16 that ulp can flip one rounding of the result (1 eps of the dtype).
+- grad_bias: per-channel sums taken in a different order (`grad_bias_atol`), plus one more
+  rounding when the bias is fp16/bf16 (`grad_bias_rtol`).
+- fp16/bf16 against an fp64 reference: at most twice the error of PyTorch's own eager chain in
+  the same dtype (`LOW_PRECISION_PARAMS`).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -49,6 +61,76 @@ LAYOUTS = [
 ]
 
 
+# Beyond LAYOUTS, shapes that reach every CUDA grid (csrc/cuda/trelu_forward.cu,
+# trelu_backward.cu): long planes (several segments; not a multiple of the vector width; a
+# multiple of 32 so the mask stays on the plane grid; misaligned), channels_last with C a multiple
+# of the vector width or not, short planes with many rows, wide rows, and a bias on dim 0.
+CUDA_LAYOUTS = [
+    Layout((2, 3, 33, 37), 1, "contiguous"),
+    Layout((3, 4, 32, 32), 1, "contiguous"),
+    Layout((2, 3, 100, 100), 1, "contiguous"),
+    Layout((2, 5, 7, 11, 13), 1, "contiguous"),
+    Layout((2, 4, 30, 30), 1, "offset"),
+    Layout((4, 6, 5000), 0, "contiguous"),
+    Layout((4, 64, 9, 9), 1, "channels_last"),
+    Layout((3, 100, 5, 5), 1, "channels_last"),
+    Layout((2, 16, 3, 10, 10), 1, "channels_last_3d"),
+    Layout((512, 3, 67), 1, "contiguous"),
+    Layout((5000, 24), 1, "contiguous"),
+    Layout((3, 70001), -1, "contiguous"),
+    Layout((3, 8, 40, 40), 1, "permuted"),
+]
+
+# Large enough that the CPU kernels split the work over threads and the CUDA bias reduction runs
+# in several blocks: where a nondeterministic reduction would show.
+DETERMINISM_LAYOUTS = [
+    Layout((16, 64, 33, 33), 1, "contiguous"),
+    Layout((32, 64, 17, 17), 1, "channels_last"),
+    Layout((64, 48, 7, 7), 1, "contiguous"),
+]
+
+# Parameter sets: TReLU (slope 0 = ReLU, tiny, mid, linear), a non-unit scale, and shifts.
+PARAMS = [
+    dict(slope=0.0, scale=2 ** 0.5, in_shift=0.0, out_shift=0.0),
+    dict(slope=0.01, scale=1.0, in_shift=0.0, out_shift=0.0),
+    dict(slope=0.5, scale=1.2649110640673518, in_shift=0.0, out_shift=0.0),
+    dict(slope=1.0, scale=0.75, in_shift=0.0, out_shift=0.0),
+    dict(slope=0.2, scale=1.7, in_shift=0.3, out_shift=-0.4),
+    dict(slope=-0.3, scale=-0.9, in_shift=-0.2, out_shift=0.0),
+]
+SAVES = ["input", "output", "mask", "auto"]
+BIAS_KINDS = ["none", "same", "fp32"]
+
+# fp16/bf16 vs fp64: every constant nonzero so each rounding step is exercised.
+LOW_PRECISION_PARAMS = dict(slope=0.2, scale=1.3, in_shift=0.1, out_shift=0.05)
+
+
+def valid_saves(params: dict) -> List[str]:
+    """save="output" is exact (and allowed) only when slope >= 0, scale > 0 and out_shift == 0."""
+    exact = params["slope"] >= 0 and params["scale"] > 0 and params["out_shift"] == 0
+    return [s for s in SAVES if s != "output" or exact]
+
+
+def bias_dtype(kind: str, dtype: torch.dtype) -> Optional[torch.dtype]:
+    """"none": no bias; "same": x's dtype; "fp32": a float32 bias (an fp32 parameter under autocast)."""
+    return {"none": None, "same": dtype, "fp32": torch.float32}[kind]
+
+
+def grad_x_rtol(dtype: torch.dtype) -> float:
+    """dz = g * (scale*slope) vs autograd's (g*scale)*slope: 1 ulp of the math dtype; in fp16/bf16
+    that ulp can flip one rounding of the stored gradient."""
+    if dtype == torch.float64:
+        return 1e-14
+    if dtype.itemsize == 2:
+        return torch.finfo(dtype).eps
+    return 2e-6
+
+
+def grad_bias_rtol(bias_dtype: torch.dtype) -> float:
+    """A low-precision bias gets its fp32 sum rounded once more: 1 ulp of its dtype."""
+    return torch.finfo(bias_dtype).eps if bias_dtype.itemsize < 4 else 0.0
+
+
 def make_input(layout: Layout, dtype: torch.dtype, device="cpu", seed: int = 0) -> torch.Tensor:
     """Fresh standard-normal values (never zeros only) in the requested memory layout."""
     g = torch.Generator().manual_seed(seed)
@@ -70,11 +152,24 @@ def make_input(layout: Layout, dtype: torch.dtype, device="cpu", seed: int = 0) 
 
 
 def make_bias(x: torch.Tensor, channel_dim: int, dtype: Optional[torch.dtype], seed: int = 1):
+    """A per-channel bias of `dtype` on x's device (None when dtype is None)."""
     if dtype is None:
         return None
     g = torch.Generator().manual_seed(seed)
     c = x.shape[channel_dim]
     return (0.5 * torch.randn(c, generator=g, dtype=torch.float64)).to(device=x.device, dtype=dtype)
+
+
+def forward_backward(fn, x, bias, grad_out, **kw):
+    """y = fn(x, bias, **kw) and the gradients wrt x (and bias), on fresh leaf copies (clone keeps
+    x's strides); zeros when y is empty."""
+    x = x.detach().clone().requires_grad_(True)
+    b = None if bias is None else bias.detach().clone().requires_grad_(True)
+    y = fn(x, b, **kw)
+    inputs = (x,) if b is None else (x, b)
+    if y.numel() == 0:
+        return y, tuple(torch.zeros_like(t) for t in inputs)
+    return y, torch.autograd.grad(y, inputs, grad_out)
 
 
 def eager_chain(x, bias, *, slope, scale, in_shift, out_shift, channel_dim):
@@ -89,11 +184,13 @@ def eager_chain(x, bias, *, slope, scale, in_shift, out_shift, channel_dim):
 
 
 def fp64_reference(x, bias, **params):
+    """The reference evaluated in float64: the "true" values low-precision errors are measured from."""
     b = None if bias is None else bias.double()
     return reference.trelu(x.double(), b, **params)
 
 
 def max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b| (0 for empty tensors), computed in float64 on a's device."""
     if a.numel() == 0:
         return 0.0
     return (a.double() - b.double()).abs().max().item()

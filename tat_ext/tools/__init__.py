@@ -1,0 +1,11 @@
+"""The user tools behind `tat-ext verify`, `tat-ext bench` and `tat-ext profile`.
+
+    cases     the kernel-vs-reference case grid and its tolerance rules (also used by the tests)
+    verify    runs the grid on every device: pass/fail table, exit status, JSON
+    bench     eager vs torch.compile vs tat_ext: activation sizes and a training step
+    profile   torch.profiler traces and per-kernel tables, unfused vs fused
+    workloads the models and training step that bench and profile time
+    timing    timers with spread, peak memory, saved-for-backward bytes, kernel launches
+    plots     the PNG figures of a bench run
+    common    option parsing errors, atomic output files, tables, machine description
+"""

@@ -1,0 +1,506 @@
+"""`tat-ext bench`: eager PyTorch vs torch.compile vs tat_ext, measured in one run.
+
+(a) activation: y = scale * (leaky_relu(x + bias + in_shift, slope) + out_shift) on [N, 64, H, W]
+    tensors of each size, as written in eager PyTorch, torch.compile of that same function
+    (compiled afresh for every shape), and tat_ext.trelu: forward (as in training: the inputs
+    require grad, so what backward needs is saved), backward (fwd+bwd minus fwd) and fwd+bwd time
+    (median and interquartile range), effective GB/s (minimum bytes: forward reads
+    x and writes y; backward reads grad_y and the saved tensor and writes grad_x) and its share of
+    a copy_ of the same size into a preallocated buffer timed in the same run, peak memory, bytes
+    saved for backward per element (inputs and the output not counted), and on CUDA kernel
+    launches per fwd+bwd and the time per call when calls are issued back to back.
+(b) model: training steps (forward, cross-entropy, backward, SGD) of a deep vanilla net built from
+    nn.Conv2d + leaky_relu (eager), torch.compile of it (compile), and tat_ext.nn.TATConv2d
+    (fused; fused-compile on request), same weights: step time, peak memory, saved-for-backward
+    bytes, kernel launches (CUDA).
+
+Writes OUT/bench.json (rewritten atomically after every configuration, so an interrupted run
+keeps what it measured), OUT/report.txt (the printed tables), OUT/activation_gbs.png and
+OUT/train_step.png. On CUDA each timed call starts after a 4x-L2 buffer is overwritten and the
+GPU is idle. On the CPU, glibc returns freed blocks over 32 MB to the OS, so every large new
+tensor pays page faults in every variant; MALLOC_MMAP_THRESHOLD_=4294967296
+MALLOC_TRIM_THRESHOLD_=68719476736 keep freed memory in the process (see bench/results/).
+
+Presets (explicit options override them):
+  --preset quick   tiny sizes and model, a few repetitions: a smoke test in well under a minute
+  --preset gpu     what bench/gpu_check.sh records: 8K-256M elements, fp32/bf16, both layouts,
+                   and a 50-layer 64-channel chain at 32x32, batch 128, bf16 channels_last
+                   (sized for about a minute per --part on an H100; an estimate)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import os
+import shlex
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from tat_ext.tools import workloads
+from tat_ext.tools.common import (DTYPE_NAMES, Report, UsageError, describe_device, environment,
+                                  format_table, human_count, parse_dtype, prepare_output_dir,
+                                  progress_bar, require_extension, resolve_device, set_threads,
+                                  write_json_atomic)
+from tat_ext.tools.timing import (Timer, available_bytes, kernel_launches, peak_memory,
+                                  saved_bytes, synchronize)
+
+__all__ = ["add_arguments", "main", "PRESETS"]
+
+ACTIVATION_VARIANTS = ("eager", "compile", "fused")
+MODEL_VARIANTS = ("eager", "compile", "fused", "fused-compile")
+PARTS = ("activation", "model")
+_BACK_TO_BACK_CALLS = 100
+_BACK_TO_BACK_MAX_ELEMENTS = 1 << 20
+
+# Defaults per device, then per preset; explicit options win over both.
+_DEFAULTS = {
+    "cpu": dict(sizes="2K,8K,64K,1M,4M,16M", dtype="float32,bfloat16", layout="nchw,channels_last",
+                reps=10, min_time=0.2, **workloads.MODEL_DEFAULTS["cpu"]),
+    "cuda": dict(sizes="2K,8K,1M,16M,64M,256M", dtype="float32,bfloat16",
+                 layout="nchw,channels_last", reps=20, min_time=0.1,
+                 **workloads.MODEL_DEFAULTS["cuda"]),
+}
+PRESETS = {
+    "quick": dict(sizes="2K,64K", dtype="float32", layout="nchw", depth=13, width=8, resolution=8,
+                  batch=4, reps=3, min_time=0.0),
+    "gpu": dict(sizes="8K,1M,64M,256M", dtype="float32,bfloat16", layout="nchw,channels_last",
+                model_dtype="bfloat16", model_layout="channels_last", depth=50, width=64,
+                resolution=32, batch=128, reps=20, min_time=0.05),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="quick or gpu (see above)")
+    parser.add_argument("--part", default="activation,model",
+                        help="activation, model, or both (default)")
+    parser.add_argument("--sizes", help="activation sizes in elements, e.g. 2K,8K,1M,64M "
+                                        "(K, M, G = 1024^1,2,3; default depends on the device)")
+    parser.add_argument("--dtype", help="comma-separated: float32, bfloat16, float16, float64 "
+                                        "(default float32,bfloat16)")
+    parser.add_argument("--layout", help="comma-separated: nchw, channels_last (default both)")
+    parser.add_argument("--model-dtype", help="dtypes of the training step (default: --dtype's)")
+    parser.add_argument("--model-layout", help="layouts of the training step (default: --layout's)")
+    parser.add_argument("--form", default="trelu",
+                        help="activation forms: trelu (scale*leaky_relu(x+b)), shifted (with "
+                             "in_shift/out_shift), or trelu,shifted (default trelu)")
+    parser.add_argument("--variants", help=f"model variants from {', '.join(MODEL_VARIANTS)} "
+                                           "(default eager,compile,fused; the activation part "
+                                           "runs the first three)")
+    parser.add_argument("--model", default="conv-chain",
+                        help=f"model for the training step: {', '.join(workloads.MODELS)}")
+    parser.add_argument("--depth", type=int, help="nonlinear layers (default 50; >= 13)")
+    parser.add_argument("--width", type=int, help="channels (default 16 on cpu, 64 on cuda)")
+    parser.add_argument("--resolution", type=int, help="input height = width (default 16 / 32)")
+    parser.add_argument("--batch", type=int, help="batch size (default 8 / 128)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per measurement, at least")
+    parser.add_argument("--min-time", type=float, help="seconds per measurement, at least")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: "
+                                                    "torch's, one per core)")
+    parser.add_argument("--time-budget", type=float,
+                        help="seconds; configurations not started by then are skipped and "
+                             "listed as such (the JSON stays valid)")
+    parser.add_argument("--out", default="tat-ext-bench", help="output folder (default ./tat-ext-bench)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@dataclasses.dataclass
+class _Settings:
+    device: torch.device
+    parts: List[str]
+    sizes: List[int]
+    dtypes: List[torch.dtype]
+    layouts: List[str]
+    model_dtypes: List[torch.dtype]
+    model_layouts: List[str]
+    forms: List[str]
+    variants: List[str]
+    spec: workloads.ModelSpec
+    reps: int
+    min_time: float
+    time_budget: Optional[float]
+    out: str
+    plots: bool
+    progress: bool
+
+    def to_json(self) -> dict:
+        return {"device": str(self.device), "parts": self.parts, "sizes": self.sizes,
+                "dtypes": [_name(d) for d in self.dtypes], "layouts": self.layouts,
+                "model_dtypes": [_name(d) for d in self.model_dtypes],
+                "model_layouts": self.model_layouts, "threads": torch.get_num_threads(),
+                "forms": self.forms, "variants": self.variants,
+                "model": dataclasses.asdict(self.spec), "reps": self.reps,
+                "min_time_s": self.min_time, "time_budget_s": self.time_budget}
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _choices(text: str, allowed, argument: str) -> List[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise UsageError(argument, f"unknown value {bad[0] if bad else text!r}; "
+                                   f"choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def _at_least(value, argument: str, minimum: float = 1):
+    if not (math.isfinite(value) and value >= minimum):  # also rejects NaN
+        raise UsageError(argument, f"must be >= {minimum:g}, got {value}")
+    return value
+
+
+def _settings(args: argparse.Namespace) -> _Settings:
+    device = resolve_device(args.device)
+    values = dict(_DEFAULTS[device.type], model_dtype=None, model_layout=None)
+    values.update(PRESETS.get(args.preset, {}))
+    for key in values:
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    parts = _choices(args.part, PARTS, "--part")
+    variants = _choices(args.variants or "eager,compile,fused", MODEL_VARIANTS, "--variants")
+    if "eager" not in variants:
+        raise UsageError("--variants", "eager is the baseline every ratio refers to; keep it")
+    # Checked even when only the activation part runs: a bad option is never silently ignored.
+    spec = workloads.model_spec(args.model, values["depth"], values["width"],
+                                values["resolution"], values["batch"])
+    if args.time_budget is not None:
+        _at_least(args.time_budget, "--time-budget", 0.0)
+    dtypes = [parse_dtype(d) for d in _choices(values["dtype"], list(DTYPE_NAMES), "--dtype")]
+    layouts = _choices(values["layout"], list(workloads.LAYOUTS), "--layout")
+    return _Settings(
+        device=device, parts=parts, sizes=workloads.sizes_from_text(values["sizes"]),
+        dtypes=dtypes, layouts=layouts,
+        model_dtypes=dtypes if values["model_dtype"] is None else [
+            parse_dtype(d, "--model-dtype")
+            for d in _choices(values["model_dtype"], list(DTYPE_NAMES), "--model-dtype")],
+        model_layouts=layouts if values["model_layout"] is None else _choices(
+            values["model_layout"], list(workloads.LAYOUTS), "--model-layout"),
+        forms=_choices(args.form, list(workloads.ACTIVATION_FORMS), "--form"),
+        variants=variants, spec=spec, reps=int(_at_least(values["reps"], "--reps")),
+        min_time=float(_at_least(values["min_time"], "--min-time", 0.0)),
+        time_budget=args.time_budget, out=args.out, plots=not args.no_plots,
+        progress=not args.no_progress)
+
+
+def _check_memory(s: _Settings) -> None:
+    """Every configuration must fit before the first one allocates."""
+    free = available_bytes(s.device)
+    if "activation" in s.parts:
+        for dtype in s.dtypes:
+            for size in s.sizes:
+                shape = workloads.activation_shape(size)
+                n = math.prod(shape)
+                workloads.check_fits(workloads.activation_bytes_estimate(n, dtype.itemsize), free,
+                                     "--sizes", f"size {human_count(size)} ({n:,} elements of "
+                                                f"{_name(dtype)}, x = "
+                                                f"{n * dtype.itemsize / 2 ** 20:,.0f} MiB)")
+    if "model" in s.parts:
+        for dtype in s.model_dtypes:
+            workloads.check_fits(workloads.model_bytes_estimate(s.spec, dtype.itemsize), free,
+                                 "--batch", f"the {s.spec.name} training step (depth "
+                                            f"{s.spec.depth}, width {s.spec.width}, batch "
+                                            f"{s.spec.batch}, {s.spec.resolution}x"
+                                            f"{s.spec.resolution}, {_name(dtype)})")
+
+
+class _Results:
+    """The JSON document, rewritten atomically after each configuration."""
+
+    def __init__(self, s: _Settings, command: str) -> None:
+        self.path = os.path.join(s.out, "bench.json")
+        self.doc = {"tool": "tat-ext bench", "command": command,
+                    "environment": environment([s.device]), "device": describe_device(s.device),
+                    "settings": s.to_json(), "allocator_env": _malloc_env(), "complete": False,
+                    "activation": [], "model": [], "skipped": []}
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.doc)
+
+
+def _malloc_env() -> Dict[str, str]:
+    keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PYTORCH_CUDA_ALLOC_CONF")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def _fresh_compile(fn):
+    # A fresh compilation per configuration: reusing one across shapes would hit dynamo's
+    # recompile limit and silently fall back to eager.
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
+def _measure_activation(s: _Settings, timer: Timer, form_name: str, dtype: torch.dtype,
+                        layout: str, size: int) -> dict:
+    device = s.device
+    shape = workloads.activation_shape(size)
+    form = workloads.ACTIVATION_FORMS[form_name]
+    fns = workloads.activation_variants(form)
+    if "compile" in s.variants:
+        fns["compile"] = _fresh_compile(fns["eager"])
+    fns = {k: fns[k] for k in ACTIVATION_VARIANTS if k in fns}
+    g = torch.Generator(device=device).manual_seed(size)
+    fmt = workloads.LAYOUTS[layout]
+    xg = torch.randn(shape, generator=g, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    xg.requires_grad_(True)
+    bg = torch.randn(shape[1], generator=g, device=device, dtype=dtype).requires_grad_(True)
+    grad = torch.randn(shape, generator=g, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    nbytes = xg.numel() * xg.element_size()
+
+    src = torch.empty_like(xg).normal_()
+    dst = torch.empty_like(xg)
+    copy = timer(lambda: dst.copy_(src))
+    del src, dst
+    copy_gbs = 2 * nbytes / copy.median / 1e9
+
+    moved = {"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwdbwd": 5 * nbytes}
+    record = {"form": form_name, "dtype": _name(dtype), "layout": layout, "size": size,
+              "elements": xg.numel(), "shape": list(shape), "bytes": nbytes,
+              "copy": dict(copy.to_json(), gbs=copy_gbs), "variants": {}}
+    for name, fn in fns.items():
+        def fwd(fn=fn):
+            return fn(xg, bg)  # recorded for backward, as in training (one compiled graph)
+
+        def fwdbwd(fn=fn):
+            return torch.autograd.grad(fn(xg, bg), (xg, bg), grad)
+
+        t_fwd, t_fb = timer(fwd), timer(fwdbwd)
+        times = {"fwd": t_fwd.median, "fwdbwd": t_fb.median,
+                 "bwd": max(t_fb.median - t_fwd.median, 0.0)}
+        gbs = {k: (moved[k] / t / 1e9 if t > 0 else None) for k, t in times.items()}
+        saved = saved_bytes(lambda: fn(xg, bg), exclude=(xg, bg))
+        saved_extra = saved_bytes(lambda: fn(xg, bg), exclude=(xg, bg), exclude_output=True)
+        v = {"fwd": t_fwd.to_json(), "fwdbwd": t_fb.to_json(), "bwd_ms": times["bwd"] * 1e3,
+             "gbs": gbs, "pct_copy": {k: (100 * b / copy_gbs if b else None) for k, b in gbs.items()},
+             "saved_bytes": saved, "saved_bytes_per_element": saved_extra / xg.numel(),
+             "peak_bytes": peak_memory(fwdbwd, device),
+             "kernel_launches": kernel_launches(fwdbwd, device)}
+        if device.type == "cuda" and xg.numel() <= _BACK_TO_BACK_MAX_ELEMENTS:
+            v["back_to_back_us"] = _back_to_back(fwdbwd, device) * 1e6
+        record["variants"][name] = v
+    record["speedup"] = _speedups({k: {p: v[p]["median_ms"] for p in ("fwd", "fwdbwd")}
+                                   for k, v in record["variants"].items()})
+    return record
+
+
+def _back_to_back(fn, device: torch.device) -> float:
+    """Seconds per call when calls are queued without waiting: the host-side cost per call once
+    it exceeds the GPU time (tiny tensors)."""
+    fn()
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(_BACK_TO_BACK_CALLS):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) / _BACK_TO_BACK_CALLS
+
+
+def _speedups(ms: Dict[str, Dict[str, float]]) -> dict:
+    """time(baseline) / time(variant): > 1 means the variant is faster."""
+    out = {}
+    for base in ("eager", "compile"):
+        if base not in ms:
+            continue
+        for name, phases in ms.items():
+            if name != base:
+                out[f"{name}_vs_{base}"] = {p: (ms[base][p] / t if t > 0 else None)
+                                            for p, t in phases.items()}
+    return out
+
+
+def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str) -> dict:
+    device, spec = s.device, s.spec
+    unfused, fused = workloads.model_pair(spec, device, dtype, layout)
+    batch, target = workloads.make_batch(spec, device, dtype, layout)
+    record = {"model": spec.name, "depth": spec.depth, "width": spec.width,
+              "resolution": spec.resolution, "batch": spec.batch, "dtype": _name(dtype),
+              "layout": layout, "variants": {}}
+    for name in s.variants:
+        base = unfused if name in ("eager", "compile") else fused
+        model = copy.deepcopy(base)  # every variant starts from the same weights
+        if name.endswith("compile"):
+            torch._dynamo.reset()
+            model = torch.compile(model)
+        step = workloads.make_train_step(model, batch, target)
+        loss = step().item()  # also the compilation, outside the timing
+        t = timer(step)
+        params = list(model.parameters())
+        saved = saved_bytes(lambda: model(batch), exclude=params + [batch])
+        record["variants"][name] = {
+            "step": t.to_json(), "loss_first_step": loss, "saved_bytes": saved,
+            "peak_bytes": peak_memory(step, device),
+            "kernel_launches": kernel_launches(step, device)}
+        del model, step
+    record["speedup"] = _speedups({k: {"step": v["step"]["median_ms"]}
+                                   for k, v in record["variants"].items()})
+    losses = [v["loss_first_step"] for v in record["variants"].values()]
+    record["losses_agree"] = max(losses) - min(losses) <= 1e-3 * max(1.0, abs(losses[0])) * (
+        1 if dtype in (torch.float32, torch.float64) else 30)
+    return record
+
+
+def _ms(stats: dict) -> str:
+    half_iqr = (stats["q3_ms"] - stats["q1_ms"]) / 2
+    return f"{stats['median_ms']:.3f}±{half_iqr:.3f}"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _mib(value) -> str:
+    return "-" if value is None else f"{value / 2 ** 20:.1f}"
+
+
+def activation_table(records: List[dict]) -> str:
+    rows, right = [], [False] * 5 + [True] * 9
+    for r in records:
+        v = r["variants"]
+        for phase in ("fwd", "bwd", "fwdbwd"):
+            def t(name):
+                if name not in v:
+                    return "-"
+                return f"{v[name]['bwd_ms']:.3f}" if phase == "bwd" else _ms(v[name][phase])
+            fused = v.get("fused", {})
+            sp = r["speedup"]
+            vs_e = sp.get("fused_vs_eager", {}).get(phase)
+            vs_c = sp.get("fused_vs_compile", {}).get(phase)
+            if phase == "bwd":
+                eb, cb, fb = (v.get(n, {}).get("bwd_ms") for n in ("eager", "compile", "fused"))
+                vs_e = eb / fb if eb and fb else None
+                vs_c = cb / fb if cb and fb else None
+            rows.append([r["form"], r["dtype"], r["layout"], f"{r['elements']:,}", phase,
+                         t("eager"), t("compile"), t("fused"),
+                         _ratio(fused.get("gbs", {}).get(phase)),
+                         _ratio(fused.get("pct_copy", {}).get(phase)), f"{r['copy']['gbs']:.1f}",
+                         _ratio(vs_e), _ratio(vs_c)])
+    return format_table(["form", "dtype", "layout", "elements", "pass", "eager ms", "compile ms",
+                         "fused ms", "fused GB/s", "%copy", "copy GB/s", "x eager", "x compile"],
+                        rows, right=right[:13])
+
+
+def activation_memory_table(records: List[dict]) -> str:
+    rows = []
+    for r in records:
+        for name, v in r["variants"].items():
+            rows.append([r["dtype"], r["layout"], f"{r['elements']:,}", name,
+                         f"{v['saved_bytes_per_element']:.2f}", _mib(v["peak_bytes"]),
+                         "-" if v["kernel_launches"] is None else str(v["kernel_launches"]),
+                         f"{v['back_to_back_us']:.1f}" if "back_to_back_us" in v else "-"])
+    return format_table(["dtype", "layout", "elements", "variant", "saved B/elem", "peak MiB",
+                         "launches", "us/call b2b"], rows,
+                        right=[False, False, True, False, True, True, True, True])
+
+
+def model_table(records: List[dict]) -> str:
+    rows = []
+    for r in records:
+        for name, v in r["variants"].items():
+            sp = r["speedup"]
+            rows.append([f"{r['model']} d{r['depth']} w{r['width']} {r['resolution']}px b{r['batch']}",
+                         r["dtype"], r["layout"], name, _ms(v["step"]),
+                         _ratio(sp.get(f"{name}_vs_eager", {}).get("step")),
+                         _ratio(sp.get(f"{name}_vs_compile", {}).get("step")),
+                         _mib(v["peak_bytes"]), _mib(v["saved_bytes"]),
+                         "-" if v["kernel_launches"] is None else str(v["kernel_launches"]),
+                         f"{v['loss_first_step']:.4f}"])
+    return format_table(["model", "dtype", "layout", "variant", "step ms", "x eager", "x compile",
+                         "peak MiB", "saved MiB", "launches", "loss"], rows,
+                        right=[False] * 4 + [True] * 7)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `tat-ext bench`; returns 0 (UsageError for bad options)."""
+    set_threads(args.threads)
+    s = _settings(args)
+    require_extension(s.device)
+    _check_memory(s)
+    s.out = prepare_output_dir(s.out)
+    command = "tat-ext " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
+    results = _Results(s, command)
+    timer = Timer(s.device, reps=s.reps, min_time=s.min_time)
+    say = Report()
+    env = results.doc["environment"]
+    say(f"# tat-ext bench on {results.doc['device']}; tat_ext {env['tat_ext']}, torch {env['torch']}, "
+        f"python {env['python']}")
+    say("# command: " + " ".join([f"{k}={v}" for k, v in _malloc_env().items()] + [command]))
+    configs = []  # the training step first: a time budget should cut activation sizes instead
+    if "model" in s.parts:
+        configs += [("model", None, d, l, None) for d in s.model_dtypes for l in s.model_layouts]
+    if "activation" in s.parts:
+        configs += [("activation", form, d, l, n) for form in s.forms for d in s.dtypes
+                    for l in s.layouts for n in s.sizes]
+    start = time.perf_counter()
+    with progress_bar(len(configs), "bench", "config", enabled=s.progress) as bar:
+        for part, form, dtype, layout, size in configs:
+            what = f"{part} {form or s.spec.name} {_name(dtype)} {layout}" + (
+                f" {human_count(size)}" if size else "")
+            if s.time_budget is not None and time.perf_counter() - start > s.time_budget:
+                results.doc["skipped"].append(what)
+                bar.update()
+                continue
+            bar.set_postfix_str(what)
+            try:
+                if part == "activation":
+                    results.doc["activation"].append(
+                        _measure_activation(s, timer, form, dtype, layout, size))
+                else:
+                    results.doc["model"].append(_measure_model(s, timer, dtype, layout))
+            except torch.OutOfMemoryError:
+                raise UsageError("--sizes" if part == "activation" else "--batch",
+                                 f"out of memory at {what} (what was measured before is in "
+                                 f"{results.path})") from None
+            results.save()
+            bar.update()
+    results.doc["complete"] = not results.doc["skipped"]
+    results.doc["seconds"] = time.perf_counter() - start
+    results.save()
+    _print_report(results.doc, say)
+    if s.plots:
+        from tat_ext.tools import plots
+
+        try:
+            for path in plots.draw(results.doc, s.out):
+                say(f"plot: {path}")
+        except ImportError as error:  # matplotlib absent (an offline GPU machine): keep the rest
+            say(f"plots skipped: {error}")
+    say(f"results: {results.path}")
+    say.save(os.path.join(s.out, "report.txt"))
+    return 0
+
+
+def _print_report(doc: dict, say) -> None:
+    if doc["activation"]:
+        say()
+        say("## activation: time per call (median ± half the interquartile range); GB/s = minimum "
+            "bytes / time; %copy = share of a preallocated copy_ of the same size; x eager, "
+            "x compile = speed-up of fused (> 1 is faster)")
+        say(activation_table(doc["activation"]))
+        say()
+        say("## activation, fwd+bwd: bytes saved for backward per element (inputs and output not "
+            "counted), peak memory above the inputs, kernel launches and time per call issued "
+            "back to back (CUDA)")
+        say(activation_memory_table(doc["activation"]))
+    if doc["model"]:
+        say()
+        say("## training step (forward, cross-entropy, backward, SGD): time (median ± half IQR), "
+            "speed-up against eager and torch.compile, peak memory above the weights and batch, "
+            "saved-for-backward MiB, kernel launches (CUDA), first-step loss (same weights)")
+        say(model_table(doc["model"]))
+        for r in doc["model"]:
+            if not r["losses_agree"]:
+                say(f"WARNING: first-step losses differ between variants ({r['dtype']}, "
+                    f"{r['layout']}): the variants do not compute the same function")
+    if doc["skipped"]:
+        say()
+        say(f"skipped (time budget): {'; '.join(doc['skipped'])}")
+    say()
+    say(f"total {doc['seconds']:.1f} s")

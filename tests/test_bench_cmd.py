@@ -1,0 +1,135 @@
+"""`tat-ext bench` end to end on the CPU at tiny sizes: tables, JSON fields, PNG files, bad input."""
+import json
+
+import pytest
+import torch
+
+from tat_ext import _extension
+from tat_ext.cli import main
+
+pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STATS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "reps"}
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bench(tmp_path, *extra):
+    out = tmp_path / "bench"
+    code = main(["bench", "--preset", "quick", "--threads", "1", "--out", str(out), "--no-progress",
+                 *extra])
+    return code, out
+
+
+def test_activation_and_training_step(tmp_path, capsys):
+    code, out = _bench(tmp_path, "--sizes", "2K,8K", "--variants", "eager,fused")
+    assert code == 0
+    printed = capsys.readouterr().out
+    for header in ("## activation", "fused GB/s", "%copy", "x eager", "saved B/elem",
+                   "## training step", "step ms", "peak MiB"):
+        assert header in printed
+    assert (out / "report.txt").read_text().strip().endswith("bench.json")
+
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["complete"] is True and doc["skipped"] == []
+    assert doc["settings"]["threads"] == 1 and doc["environment"]["extension_built"] is True
+    assert [r["elements"] for r in doc["activation"]] == [2048, 8192]
+    for r in doc["activation"]:
+        assert r["copy"]["gbs"] > 0 and set(r["variants"]) == {"eager", "fused"}
+        for v in r["variants"].values():
+            assert STATS <= set(v["fwd"]) and STATS <= set(v["fwdbwd"])
+            fwd = v["fwd"]
+            assert fwd["reps"] >= 3 and fwd["q1_ms"] <= fwd["median_ms"] <= fwd["q3_ms"]
+            assert v["gbs"]["fwdbwd"] > 0 and v["pct_copy"]["fwdbwd"] > 0
+            assert v["kernel_launches"] is None  # CPU
+        # eager keeps x + b (4 bytes/element in fp32) for leaky_relu's backward; the fused op's
+        # save="auto" keeps only its output, which the next layer keeps anyway.
+        assert r["variants"]["eager"]["saved_bytes_per_element"] == 4.0
+        assert r["variants"]["fused"]["saved_bytes_per_element"] == 0.0
+        assert r["speedup"]["fused_vs_eager"]["fwdbwd"] > 0
+
+    (model,) = doc["model"]
+    assert model["model"] == "conv-chain" and model["depth"] == 13
+    assert set(model["variants"]) == {"eager", "fused"} and model["losses_agree"] is True
+    eager, fused = model["variants"]["eager"], model["variants"]["fused"]
+    assert STATS <= set(eager["step"]) and eager["step"]["median_ms"] > 0
+    # Per layer, eager saves the conv output and the activation output; fused only the latter.
+    assert fused["saved_bytes"] < eager["saved_bytes"]
+    assert abs(eager["loss_first_step"] - fused["loss_first_step"]) < 1e-4
+
+    for name in ("activation_gbs.png", "train_step.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_torch_compile_variant_is_measured_in_the_same_run(tmp_path):
+    code, out = _bench(tmp_path, "--part", "activation", "--sizes", "2K", "--no-plots")
+    assert code == 0
+    (r,) = json.loads((out / "bench.json").read_text())["activation"]
+    assert set(r["variants"]) == {"eager", "compile", "fused"}
+    assert r["variants"]["compile"]["fwdbwd"]["median_ms"] > 0
+    assert set(r["speedup"]) >= {"fused_vs_eager", "fused_vs_compile", "compile_vs_eager"}
+    assert not (out / "activation_gbs.png").exists()
+
+
+def test_time_budget_skips_the_rest_and_keeps_valid_json(tmp_path, capsys):
+    code, out = _bench(tmp_path, "--time-budget", "0", "--no-plots")
+    assert code == 0
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["complete"] is False and doc["activation"] == [] and doc["model"] == []
+    assert doc["skipped"] == ["model conv-chain float32 nchw", "activation trelu float32 nchw 2K",
+                              "activation trelu float32 nchw 64K"]
+    assert "skipped (time budget)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["bench", "--device", "cuda:9"], "--device"),
+    (["bench", "--device", "tpu"], "--device"),
+    (["bench", "--dtype", "int8"], "--dtype"),
+    (["bench", "--layout", "nhwc"], "--layout"),
+    (["bench", "--model", "resnet-9000"], "--model"),
+    (["bench", "--sizes", "64G"], "--sizes"),
+    (["bench", "--sizes", "8K,lots"], "--sizes"),
+    (["bench", "--depth", "5"], "--depth"),
+    (["bench", "--variants", "fused"], "--variants"),
+    (["bench", "--reps", "0"], "--reps"),
+    (["profile", "--model", "resnet-9000"], "--model"),
+    (["profile", "--device", "cuda:9"], "--device"),
+    (["profile", "--dtype", "int8"], "--dtype"),
+    (["profile", "--layout", "nhwc"], "--layout"),
+    (["profile", "--batch", "1000000000"], "--batch"),
+    (["profile", "--steps", "0"], "--steps"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, argument):
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argument}" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # rejected before anything was written
+
+
+@pytest.mark.parametrize("command", ["bench", "profile"])
+def test_unwritable_output_folder_is_exit_2(tmp_path, capsys, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main([command, "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "argument --out" in err and "cannot write" in err
+
+
+def test_runs_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
+    """An offline GPU machine may lack both: the numbers still come, the plots are skipped."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out = _bench(tmp_path, "--part", "activation", "--sizes", "2K", "--variants", "eager,fused")
+    assert code == 0
+    assert "plots skipped" in capsys.readouterr().out
+    assert json.loads((out / "bench.json").read_text())["activation"]
+    assert not (out / "activation_gbs.png").exists()
