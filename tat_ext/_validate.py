@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ArgumentValueError", "boolean", "integer", "one_of", "real"]
+__all__ = ["ArgumentValueError", "boolean", "integer", "one_of", "real", "real_array"]
 
 _REPR_LIMIT = 60
 
@@ -57,6 +57,21 @@ def real(name: str, value: object, *, finite: bool = True, gt: Optional[float] =
     if not ok:
         raise ArgumentValueError(name, f"{name} must be {_bounds_text(gt, ge, lt, le)}, got {show(value)}")
     return result
+
+
+def real_array(name: str, value: object) -> np.ndarray:
+    """``value`` as a float64 array: a real number (checked by :func:`real`, not necessarily
+    finite) or an array-like of real numbers (numpy, lists, CPU tensors; no bools or None)."""
+    if isinstance(value, (numbers.Number, str, bytes, np.bool_)):
+        return np.asarray(real(name, value, finite=False), dtype=np.float64)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.dtype.kind not in "iuf":  # None, strings, objects, bools, complex
+        raise TypeError(f"{name} must be a real number or an array of them, got "
+                        f"{type(value).__name__} {show(value)}")
+    return array.astype(np.float64)
 
 
 def integer(name: str, value: object, *, ge: Optional[int] = None, le: Optional[int] = None) -> int:

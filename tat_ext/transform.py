@@ -26,7 +26,7 @@ from tat_ext.activations import (
     get_activation,
     resolve,
 )
-from tat_ext.cmaps import trelu_c_map
+from tat_ext.cmaps import trelu_c_map, trelu_chain_c_map
 
 __all__ = [
     "MAX_DEPTH",
@@ -79,17 +79,6 @@ def _check_depth(depth: object) -> int:
 
 def _check_eta(eta: object) -> float:
     return _validate.real("eta", eta, gt=0.0, lt=1.0)
-
-
-def _trelu_chain_c0(slope: float, depth: int) -> float:
-    """C_α applied ``depth`` times to 0 — scalar math, since this loop is the solver's hot path."""
-    k = (1.0 - slope) ** 2 / (math.pi * (1.0 + slope * slope))
-    c = 0.0
-    sqrt, acos = math.sqrt, math.acos
-    # No clamp needed: the computed increment is below 1 − c by far more than its rounding error.
-    for _ in range(depth):
-        c += k * (sqrt(1.0 - c * c) - c * acos(c))
-    return c
 
 
 def _min_relu_depth(eta: float) -> Optional[int]:
@@ -154,7 +143,7 @@ def solve_trelu(
 
     if depth is not None:
         def c_f0(slope: float) -> float:
-            return _trelu_chain_c0(slope, depth)
+            return trelu_chain_c_map(0.0, slope, depth)
     else:
         def c_f0(slope: float) -> float:
             return _subnet_value(subnet_max_func, 0.0, lambda c: trelu_c_map(c, slope))
