@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import tat_ext
 
-SLOPE, SCALE = 0.4259071946, 1.3011191752  # TReLU for a depth-50 vanilla net (REFERENCE.md)
+SLOPE, SCALE = 0.4259071946, 1.3011191752  # TReLU for a depth-50 vanilla net (docs/math.md, "Published values")
 CHANNELS, HW = 64, 32
 
 

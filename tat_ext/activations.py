@@ -151,7 +151,8 @@ def resolve(activation: Activation, params: Optional[ActivationParams] = None) -
 
 
 class TransformedActivation:
-    """The torch function ``x ↦ γ·(φ(α·x + β) + δ)`` (docs/math.md, "TAT for smooth activations")."""
+    """The torch function ``x ↦ γ·(φ(α·x + β) + δ)`` (docs/math.md, "TAT for smooth activations
+    and DKS")."""
 
     def __init__(self, activation: Activation, params: ActivationParams) -> None:
         resolved = resolve(activation, params)

@@ -141,6 +141,31 @@ def test_trelu_residual_branch_more_nonlinear_than_whole_net():
     assert whole < 0.5
 
 
+def resnet_v2(blocks_per_stage, shortcut_weight, branch_depth=3):
+    """subnet_max_func of a rescaled ResNet-V2 (docs/math.md, "Architectures"): the first block of
+    each stage has a projection shortcut, which in V2 reads the pre-activated input."""
+    w2 = shortcut_weight**2
+
+    def subnet_max_func(x, r_fn):
+        x0 = x
+        for blocks in blocks_per_stage:
+            for i in range(blocks):
+                shortcut = r_fn(x) if i == 0 else x
+                x = w2 * shortcut + (1 - w2) * chain(branch_depth)(x, r_fn)
+        return max(r_fn(x), chain(branch_depth)(x0, r_fn))
+    return subnet_max_func
+
+
+def test_trelu_resnet_v2_public_check_value():
+    # The reference library's own check: ResNet-101 V2, w = 0.6, eta = 0.75 (its bisection stops
+    # within 1e-8 of eta, so its values sit ~6e-10 from the exact root).
+    params = solve_trelu(subnet_max_func=resnet_v2((3, 4, 23, 3), 0.6), eta=0.75)
+    assert params.slope == pytest.approx(0.6291800290346146, abs=2e-9)
+    assert params.scale == pytest.approx(1.196996549778802, abs=2e-9)
+    # With w = 0 a ResNet-50 is a chain of 49 nonlinear layers.
+    assert solve_trelu(subnet_max_func=resnet_v2((3, 4, 6, 3), 0.0)).slope == solve_trelu(49).slope
+
+
 def test_trelu_infeasible_subnet_states_largest_eta():
     net = rescaled_resnet(blocks=2, branch_depth=2, shortcut_weight=0.5)
     reachable = net(0.0, functools.partial(trelu_c_map, slope=0.0))
