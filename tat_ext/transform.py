@@ -97,8 +97,8 @@ def _subnet_value(subnet_max_func: SubnetMaxFunc, x: float, r_fn: Callable[[floa
     value = subnet_max_func(x, r_fn)
     try:
         value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"subnet_max_func must return a float, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"subnet_max_func must return a float, got {_validate.show(value)}") from None
     if not math.isfinite(value):
         raise ValueError(f"subnet_max_func returned a non-finite value {value}")
     return value

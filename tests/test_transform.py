@@ -191,6 +191,7 @@ def test_trelu_infeasible_subnet_states_largest_eta():
     (dict(subnet_max_func=5), TypeError, "subnet_max_func"),
     (dict(subnet_max_func=lambda x, r: 0.95), ValueError, "linear network"),
     (dict(subnet_max_func=lambda x, r: "c"), TypeError, "float"),
+    (dict(subnet_max_func=lambda x, r: 10**400), TypeError, "subnet_max_func must return a float"),
 ])
 def test_trelu_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
