@@ -6,13 +6,13 @@ name means the same function there and here; ``silu`` is added as an alias of ``
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
+
+from tat_ext import _validate
 
 __all__ = [
     "ActivationParams",
@@ -109,16 +109,16 @@ class ActivationParams:
     negative_slope: Optional[float] = None
 
     def __post_init__(self) -> None:
+        # Stored as plain floats (numpy scalars are accepted); frozen, hence object.__setattr__.
         for field in ("input_scale", "input_shift", "output_shift", "output_scale"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"ActivationParams.{field} must be a finite float, got {value!r}")
+            value = _validate.real(f"ActivationParams.{field}", getattr(self, field))
+            object.__setattr__(self, field, value)
         if self.input_scale == 0.0:
-            raise ValueError("ActivationParams.input_scale must be nonzero (φ̂ would be constant)")
-        slope = self.negative_slope
-        if slope is not None and (isinstance(slope, bool) or not isinstance(slope, numbers.Real)
-                                  or not math.isfinite(slope)):
-            raise ValueError(f"ActivationParams.negative_slope must be a finite float or None, got {slope!r}")
+            raise _validate.ArgumentValueError(
+                "input_scale", "ActivationParams.input_scale must be nonzero (φ̂ would be constant)")
+        if self.negative_slope is not None:
+            object.__setattr__(self, "negative_slope",
+                               _validate.real("ActivationParams.negative_slope", self.negative_slope))
 
 
 class ResolvedActivation(NamedTuple):
@@ -151,7 +151,8 @@ def resolve(activation: Activation, params: Optional[ActivationParams] = None) -
 
 
 class TransformedActivation:
-    """The torch function ``x ↦ γ·(φ(α·x + β) + δ)`` (REFERENCE.md, "TAT for smooth activations")."""
+    """The torch function ``x ↦ γ·(φ(α·x + β) + δ)`` (docs/math.md, "TAT for smooth activations
+    and DKS")."""
 
     def __init__(self, activation: Activation, params: ActivationParams) -> None:
         resolved = resolve(activation, params)

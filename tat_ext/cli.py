@@ -24,6 +24,10 @@ _DEFAULT_ETA = 0.9
 _DEFAULT_TAU = 0.3
 _DEFAULT_ZETA = 1.5
 _DEFAULT_Q_SLOPE = 1.0
+# C_f(0) of a smooth chain is its C map applied layer by layer (~1 ms per layer): printed up to here.
+_MAX_PRINTED_C0_DEPTH = 5_000
+# The solvers' ArgumentValueError.argument -> the option that sets it.
+_OPTION_OF = {"depth": "--depth", "eta": "--eta", "tau": "--tau", "zeta": "--zeta", "q_slope": "--q-slope"}
 
 
 def _positive_int(text: str) -> int:
@@ -151,7 +155,8 @@ def _run_solve(args: argparse.Namespace) -> int:
         try:
             result = solve(args.depth)
         except ValueError as error:
-            parser.error(f"argument {'--depth' if trelu else '--activation'}: {error}")
+            option = _OPTION_OF.get(getattr(error, "argument", None), "--depth" if trelu else "--activation")
+            parser.error(f"argument {option}: {error}")
         if trelu:
             _print_trelu([args.depth], [result], eta)
         else:
@@ -245,16 +250,29 @@ def _print_smooth(args: argparse.Namespace, depth: int, params: ActivationParams
     for label, value in (("Q(1)", inv.q_1), ("Q'(1)", inv.q_slope_1), ("C(0)", inv.c_val_0),
                          ("C'(1)", inv.c_slope_1), ("C''(1)", inv.c_curv_1)):
         print(f"  {label:<8} = {value: .12g}")
-    # Chain rule at the fixed point c = 1: (C∘g)' = C'·g', (C∘g)'' = C''·g'² + C'·g''.
-    slope, curv = 1.0, 0.0
-    for _ in range(depth):
-        slope, curv = inv.c_slope_1 * slope, inv.c_curv_1 * slope * slope + inv.c_slope_1 * curv
-    c = 0.0
-    for _ in range(depth):
-        c = cmaps.c_map(args.activation, c, params)
+    slope, curv = _chain_derivatives_at_1(inv.c_slope_1, inv.c_curv_1, depth)
     print(f"network ({depth} layers):")
-    for label, value in (("C_f(0)", c), ("C_f'(1)", slope), ("C_f''(1)", curv)):
+    if depth <= _MAX_PRINTED_C0_DEPTH:
+        c = 0.0
+        for _ in range(depth):
+            c = cmaps.c_map(args.activation, c, params)
+        print(f"  {'C_f(0)':<8} = {c: .12g}")
+    else:
+        print(f"  {'C_f(0)':<8} = (not computed beyond {_MAX_PRINTED_C0_DEPTH} layers: ~1 ms per layer; "
+              "iterate tat_ext.cmaps.c_map)")
+    for label, value in (("C_f'(1)", slope), ("C_f''(1)", curv)):
         print(f"  {label:<8} = {value: .12g}")
+
+
+def _chain_derivatives_at_1(s: float, k: float, depth: int) -> tuple:
+    """C_f'(1) and C_f''(1) of ``depth`` layers with C'(1) = s, C''(1) = k, in closed form.
+
+    The chain rule at the fixed point c = 1, (C∘g)' = C'·g' and (C∘g)'' = C''·g'² + C'·g'', gives
+    C_f'(1) = s^L and C_f''(1) = k·s^(L−1)·(1 + s + … + s^(L−1)).
+    """
+    log_s = math.log(s)
+    geometric = depth if log_s == 0.0 else math.expm1(depth * log_s) / math.expm1(log_s)
+    return math.exp(depth * log_s), k * math.exp((depth - 1) * log_s) * geometric
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,6 @@
 """Kernel maps (Q and C maps) of activation functions.
 
-Conventions follow REFERENCE.md, "Kernel maps": inputs have q = 1, ``Q(q) = E[φ(√q z)²]`` and
+Conventions follow docs/math.md, "Kernel maps": inputs have q = 1, ``Q(q) = E[φ(√q z)²]`` and
 ``C(c) = E[φ(u) φ(v)] / Q(1)`` with (u, v) standard bivariate normal with correlation c.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy import special
 
+from tat_ext import _validate
 from tat_ext.activations import Activation, ActivationParams, ResolvedActivation, resolve
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "q_map",
     "trelu_c0",
     "trelu_c_map",
+    "trelu_chain_c_map",
 ]
 
 
@@ -34,7 +36,7 @@ def trelu_c0(slope: float | np.ndarray) -> float | np.ndarray:
 
     The whole TReLU C map depends on α only through this number (see :func:`trelu_c_map`).
     """
-    slope = np.asarray(slope, dtype=np.float64)
+    slope = _validate.real_array("slope", slope)
     k = (1.0 - slope) ** 2 / (np.pi * (1.0 + slope**2))
     return float(k) if k.ndim == 0 else k
 
@@ -43,13 +45,12 @@ def trelu_c_map(c: float | np.ndarray, slope: float, derivative: int = 0) -> flo
     """C map of the normalized Leaky ReLU ``sqrt(2/(1+α²))·LReLU_α`` (or its 1st/2nd derivative).
 
     ``C_α(c) = c + k·(sqrt(1−c²) − c·arccos c)`` with ``k = C_α(0) = (1−α)²/(π(1+α²))``
-    (REFERENCE.md, "TReLU"); ``C'_α(c) = 1 − k·arccos c`` and ``C''_α(c) = k/sqrt(1−c²)``
+    (docs/math.md, "TReLU"); ``C'_α(c) = 1 − k·arccos c`` and ``C''_α(c) = k/sqrt(1−c²)``
     (infinite at c = ±1 unless α = 1). ``c`` is a float or an array (values are clipped to [−1, 1]);
     a float input gives a float.
     """
-    if derivative not in (0, 1, 2):
-        raise ValueError(f"derivative must be 0, 1 or 2, got {derivative!r}")
-    x = np.clip(np.asarray(c, dtype=np.float64), -1.0, 1.0)
+    derivative = _validate.integer("derivative", derivative, ge=0, le=2)
+    x = np.clip(_validate.real_array("c", c), -1.0, 1.0)
     k = trelu_c0(slope)
     if derivative == 0:
         out = x + k * (np.sqrt(1.0 - x * x) - x * np.arccos(x))
@@ -59,6 +60,24 @@ def trelu_c_map(c: float | np.ndarray, slope: float, derivative: int = 0) -> flo
         with np.errstate(divide="ignore"):
             out = np.where(k == 0.0, 0.0, k / np.sqrt(1.0 - x * x))
     return float(out) if out.ndim == 0 else out
+
+
+def trelu_chain_c_map(c: float | np.ndarray, slope: float, depth: int) -> float | np.ndarray:
+    """C_α applied ``depth`` times to ``c`` (values in [−1, 1]): the C map of a plain chain of
+    ``depth`` TReLU layers. Scalar math for a float (the TReLU solver's hot path), elementwise
+    numpy for an array; O(depth) either way."""
+    k = trelu_c0(slope)
+    # No clamp needed: C_α maps [−1, 1] into itself, and near c = 1 the computed increment
+    # (~kθ³/3 for c = cos θ) stays below 1 − c (~θ²/2) by far more than its rounding error.
+    if isinstance(c, float):
+        sqrt, acos = math.sqrt, math.acos
+        for _ in range(depth):
+            c += k * (sqrt(1.0 - c * c) - c * acos(c))
+        return c
+    c = np.array(c, dtype=np.float64)
+    for _ in range(depth):
+        c += k * (np.sqrt(1.0 - c * c) - c * np.arccos(c))
+    return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +103,7 @@ _CHUNK_POINTS = 1 << 20
 
 @dataclass(frozen=True)
 class LocalInvariants:
-    """Kernel-map values of one transformed activation at q = 1 (REFERENCE.md, "Kernel maps").
+    """Kernel-map values of one transformed activation at q = 1 (docs/math.md, "Kernel maps").
 
     Attributes:
         q_1: Q(1).
@@ -105,7 +124,12 @@ class Moments(NamedTuple):
     """Gaussian moments of g(z) = φ(α·z + β), z ~ N(0, 1), from which every local invariant follows.
 
     ``e1 = E[g]``, ``e2 = E[g²]``, ``d1 = E[g'²]``, ``d2 = E[g''²]``, ``p = E[g·g'·z]``,
-    ``p0 = E[g'·z]``.
+    ``p0 = E[g'·z]``; and three differences computed without cancellation (near the linear limit,
+    small α, g is almost constant and g almost linear, so the plain differences would lose all
+    their digits; docs/math.md, "Limits"): ``var = Var g = E[(g − e1)²]``,
+    ``pc = E[(g − e1)·g'·z] = p − e1·p0`` and ``gap = d1 − var``, computed as
+    ``Var g' − E[r²]`` with ``r = g − e1 − E[g']·z`` (g minus its linear Hermite part; both terms
+    are O(α⁴), like the gap).
     """
 
     e1: float
@@ -114,17 +138,30 @@ class Moments(NamedTuple):
     d2: float
     p: float
     p0: float
+    var: float
+    pc: float
+    gap: float
 
     def invariants(self, output_shift: float = 0.0, output_scale: float = 1.0) -> LocalInvariants:
-        """Invariants of φ̂ = γ·(g + δ): Q(1) = γ²E[(g+δ)²], Q'(1) = E[φ̂φ̂'z], and
-        C(0), C'(1), C''(1) by the identities of REFERENCE.md, "Kernel maps"."""
-        d, g2 = output_shift, output_scale**2
-        q1 = g2 * (self.e2 + 2.0 * d * self.e1 + d * d)
+        """Invariants of φ̂ = γ·(g + δ) (docs/math.md, "Kernel maps"): with m = E[g] + δ,
+        Q(1) = γ²(Var g + m²), Q'(1) = E[φ̂φ̂'z] = γ²(E[(g − E g)g'z] + m·E[g'z]),
+        C(0) = γ²m²/Q(1), C'(1) = γ²E[g'²]/Q(1) = 1 + γ²(gap − m²)/Q(1), C''(1) = γ²E[g''²]/Q(1).
+
+        Raises:
+            ValueError: Q(1) is 0 or not finite (φ̂ vanishes or overflows), so C is undefined.
+        """
+        g2 = output_scale**2
+        mean = self.e1 + output_shift
+        q1 = g2 * (self.var + mean * mean)
+        if not 0.0 < q1 < math.inf:
+            raise ValueError(f"Q(1) = {q1:g} for output_shift={output_shift!r}, output_scale={output_scale!r}: "
+                             "the transformed activation vanishes or overflows at q = 1, so its C map "
+                             "is undefined")
         return LocalInvariants(
             q_1=q1,
-            q_slope_1=g2 * (self.p + d * self.p0),
-            c_val_0=g2 * (self.e1 + d) ** 2 / q1,
-            c_slope_1=g2 * self.d1 / q1,
+            q_slope_1=g2 * (self.pc + mean * self.p0),
+            c_val_0=g2 * mean * mean / q1,
+            c_slope_1=1.0 + g2 * (self.gap - mean * mean) / q1,  # γ²E[g'²]/Q(1), E[g'²] = Var g + gap
             c_curv_1=g2 * self.d2 / q1,
         )
 
@@ -179,11 +216,15 @@ def derivatives(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, order
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
     if order == 0:
         with torch.no_grad():
-            return [_check_output(fn(xt), xt).numpy()]
+            return [_call(fn, xt).numpy()]
     xt.requires_grad_(True)
     outs = []
     with torch.enable_grad():
-        y = _check_output(fn(xt), xt)
+        y = _call(fn, xt)
+        if not y.requires_grad:
+            raise TypeError(f"activation {_name(fn)} must be differentiable by torch autograd: its output "
+                            "does not depend on its input through torch operations (is it computed "
+                            "with math/numpy, or detached?)")
         outs.append(y)
         for k in range(order):
             if not y.requires_grad:  # φ^(k) no longer depends on x: the rest are 0
@@ -195,9 +236,21 @@ def derivatives(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, order
     return [o.detach().numpy() for o in outs]
 
 
-def _check_output(y: object, x: torch.Tensor) -> torch.Tensor:
+def _name(fn: Callable) -> str:
+    return repr(getattr(fn, "__name__", fn))
+
+
+def _call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """fn(x) for a user's activation, with errors that say what an activation must be."""
+    try:
+        y = fn(x)
+    except Exception as error:  # anything a non-torch callable raises on a tensor
+        raise TypeError(f"activation {_name(fn)} must be an elementwise torch function (e.g. torch.tanh, "
+                        f"not math.tanh); calling it on a float64 tensor of shape {tuple(x.shape)} raised "
+                        f"{type(error).__name__}: {error}") from error
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-        raise TypeError("activation must map a tensor to a tensor of the same shape (elementwise)")
+        raise TypeError(f"activation {_name(fn)} must map a tensor to a tensor of the same shape "
+                        "(elementwise)")
     return y.to(torch.float64)
 
 
@@ -221,16 +274,24 @@ def _lrelu_moments(a: float, alpha: float, beta: float) -> Moments:
     and p0 = E[g' z] = E[g''] = σ(1 − a)φ(h); g'' = 0 a.e. but C'' is infinite at 1 unless a = 1.
     """
     sigma, mu = abs(alpha), beta
-    _, cdf, pdf, r1, r2 = (float(v) for v in _relu_parts(np.float64(mu), np.float64(sigma)))
+    h, cdf, pdf, r1, r2 = (float(v) for v in _relu_parts(np.float64(mu), np.float64(sigma)))
     d1 = sigma * sigma * (a * a + (1.0 - a * a) * cdf)
-    return Moments(
-        e1=a * mu + (1.0 - a) * r1,
-        e2=a * a * (mu * mu + sigma * sigma) + (1.0 - a * a) * r2,
-        d1=d1,
-        d2=0.0 if a == 1.0 else math.inf,
-        p=d1,
-        p0=sigma * (1.0 - a) * pdf,
-    )
+    e1 = a * mu + (1.0 - a) * r1
+    e2 = a * a * (mu * mu + sigma * sigma) + (1.0 - a * a) * r2
+    p0 = sigma * (1.0 - a) * pdf
+    if sigma == 0.0:
+        var = gap = 0.0
+    else:
+        # Var g without the cancellation of e2 − e1² (large |h| is nearly linear): with y = σz + μ,
+        # g = a·y + (1−a)·relu(y), Cov(y, relu y) = σ²Φ(h) (Stein) and, with Q = 1 − Φ(h),
+        # Var relu(y) = σ²·(h²ΦQ + Φ − hφ(Φ − Q) − φ²). Then d1 − var = σ²(1−a)²(Φ − Var relu/σ²).
+        upper = float(special.ndtr(-h))
+        relu_var = h * h * cdf * upper + cdf - h * pdf * (cdf - upper) - pdf * pdf
+        var = sigma * sigma * (a * a + 2.0 * a * (1.0 - a) * cdf + (1.0 - a) ** 2 * relu_var)
+        gap = sigma * sigma * (1.0 - a) ** 2 * (cdf - relu_var)
+    # p = E[g g' z] = E[g'²] + E[g g''] = d1: g'' is a point mass at the kink, where g = 0.
+    return Moments(e1=e1, e2=e2, d1=d1, d2=0.0 if a == 1.0 else math.inf, p=d1, p0=p0,
+                   var=var, pc=d1 - e1 * p0, gap=gap)
 
 
 def _lrelu_pair_mean(c: np.ndarray, a: float, alpha: float, beta: float) -> np.ndarray:
@@ -282,8 +343,14 @@ def moments(act: ResolvedActivation, input_scale: float = 1.0, input_shift: floa
     f, *derivs = derivatives(act.fn, input_scale * z + input_shift, 2 if curvature else 1)
     g1 = input_scale * derivs[0]
     d2 = float(w @ (input_scale**2 * derivs[1]) ** 2) if curvature else math.nan
-    return Moments(e1=float(w @ f), e2=float(w @ (f * f)), d1=float(w @ (g1 * g1)), d2=d2,
-                   p=float(w @ (f * g1 * z)), p0=float(w @ (g1 * z)))
+    e1, mean_slope = float(w @ f), float(w @ g1)
+    centred = f - e1
+    beyond_linear = centred - mean_slope * z
+    slope_dev = g1 - mean_slope
+    return Moments(e1=e1, e2=float(w @ (f * f)), d1=float(w @ (g1 * g1)), d2=d2,
+                   p=float(w @ (f * g1 * z)), p0=float(w @ (g1 * z)),
+                   var=float(w @ (centred * centred)), pc=float(w @ (centred * g1 * z)),
+                   gap=float(w @ (slope_dev * slope_dev)) - float(w @ (beyond_linear * beyond_linear)))
 
 
 def local_invariants(activation: Activation, params: Optional[ActivationParams] = None) -> LocalInvariants:
@@ -304,7 +371,7 @@ def q_map(activation: Activation, q: float | np.ndarray,
     """Q(q) = E[φ̂(√q·z)²] for q ≥ 0 (float or array)."""
     p = _params(params)
     act = resolve(activation, p)
-    q_arr = np.asarray(q, dtype=np.float64)
+    q_arr = _validate.real_array("q", q)
     if np.any(~(q_arr >= 0.0)):
         raise ValueError("q must be >= 0 (it is a mean squared activation)")
     scale = p.input_scale * np.sqrt(q_arr.reshape(-1))
@@ -336,7 +403,7 @@ def c_map(activation: Activation, c: float | np.ndarray,
     """
     p = _params(params)
     act = resolve(activation, p)
-    c_arr = np.asarray(c, dtype=np.float64)
+    c_arr = _validate.real_array("c", c)
     if np.any(~(np.abs(c_arr) <= 1.0)):
         raise ValueError("c must lie in [-1, 1] (it is a cosine similarity)")
     flat = c_arr.reshape(-1)

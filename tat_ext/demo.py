@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     from tat_ext.transform import solve_trelu
 
-    params = solve_trelu(49)  # ResNet-50-shaped vanilla net: 49 nonlinear layers (REFERENCE.md)
+    params = solve_trelu(49)  # ResNet-50-shaped vanilla net: 49 nonlinear layers (docs/math.md)
     slope, scale = params.slope, params.scale
     print(f"TReLU for 49 nonlinear layers, eta=0.9: slope={slope:.10f} scale={scale:.10f}")
 

@@ -1,7 +1,7 @@
 """Scaled uniform orthogonal (SUO) initialization in PyTorch's own weight layout.
 
-DKS/TAT assume every linear/conv layer is the identity on q and c at initialization (REFERENCE.md,
-"Kernel maps"). An orthogonal matrix rescaled by max(1, sqrt(fan_out/fan_in)) does that, and a delta
+DKS/TAT assume every linear/conv layer is the identity on q and c at initialization (docs/math.md,
+"Initialization"). An orthogonal matrix rescaled by max(1, sqrt(fan_out/fan_in)) does that, and a delta
 initialization (only the centre tap non-zero) makes a conv act as that matrix at every location.
 
 Unlike the reference library, which assumes [in, out, *kernel], this module works on the layout
@@ -10,15 +10,19 @@ nn.Linear and nn.ConvNd actually use: [out, in, *kernel].
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from tat_ext import _validate
 
 __all__ = ["scaled_uniform_orthogonal_", "tat_init_"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# The layers tat_init_ initializes (and tat_ext.diagnostics.check_initialization checks).
+_INITIALIZED_TYPES = (nn.Linear,) + _CONV_TYPES + _CONV_TRANSPOSE_TYPES
 
 
 def _haar_orthogonal(
@@ -37,12 +41,20 @@ def _haar_orthogonal(
     return q if tall else q.T
 
 
-def _check_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+def _check_generator(generator: object) -> Optional[torch.Generator]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _suo_blocks(layer: nn.Module) -> List[Tensor]:
+    """Views of ``layer.weight`` that SUO initializes, each in [out, in, *kernel] orientation:
+    one per group (a grouped conv's matrix is block-diagonal, so each block must preserve q on
+    its own); transposed convs, stored [in, out/groups, *kernel], through a transposed view."""
+    blocks = layer.weight.detach().chunk(getattr(layer, "groups", 1), dim=0)
+    if isinstance(layer, _CONV_TRANSPOSE_TYPES):
+        return [block.transpose(0, 1) for block in blocks]
+    return list(blocks)
 
 
 def scaled_uniform_orthogonal_(
@@ -68,7 +80,8 @@ def scaled_uniform_orthogonal_(
         generator: optional torch.Generator to draw from instead of the global RNG.
 
     Raises:
-        TypeError: ``weight`` is not a floating-point tensor, or ``gain`` is not a real number.
+        TypeError: ``weight`` is not a floating-point tensor, ``gain`` is not a real number,
+            ``delta`` not a bool, or ``generator`` not a torch.Generator.
         ValueError: ``weight`` has rank < 2 or an empty dimension, ``gain`` is not finite, or
             ``delta=True`` with an even kernel size.
     """
@@ -82,7 +95,9 @@ def scaled_uniform_orthogonal_(
         )
     if weight.numel() == 0:
         raise ValueError(f"weight has an empty dimension: shape {tuple(weight.shape)}")
-    gain = _check_real(gain, "gain")
+    gain = _validate.real("gain", gain)
+    delta = _validate.boolean("delta", delta)
+    generator = _check_generator(generator)
 
     out_dim, in_dim, *kernel = weight.shape
     use_delta = delta and len(kernel) > 0
@@ -118,21 +133,22 @@ def tat_init_(
     Grouped convolutions get one SUO block per group (the conv's matrix is block-diagonal, so each
     block must preserve q on its own). Transposed convs store [in, out/groups, *kernel]; their blocks
     are initialized through a transposed view so the map in -> out is the SUO one. Returns ``module``.
+    :func:`tat_ext.diagnostics.check_initialization` tells whether a model is initialized this way.
 
     Raises:
         ValueError: a layer still has uninitialized (lazy) parameters; run a forward pass first.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    gain = _validate.real("gain", gain)
+    delta = _validate.boolean("delta", delta)
+    generator = _check_generator(generator)
     for name, layer in module.named_modules():
-        if not isinstance(layer, (nn.Linear,) + _CONV_TYPES + _CONV_TRANSPOSE_TYPES):
+        if not isinstance(layer, _INITIALIZED_TYPES):
             continue
         if isinstance(layer.weight, nn.parameter.UninitializedParameter):
             raise ValueError(f"layer {name!r} is lazy and not yet materialized; run a forward pass first")
-        groups = getattr(layer, "groups", 1)
-        for block in layer.weight.detach().chunk(groups, dim=0):
-            if isinstance(layer, _CONV_TRANSPOSE_TYPES):
-                block = block.transpose(0, 1)
+        for block in _suo_blocks(layer):
             try:
                 scaled_uniform_orthogonal_(block, gain=gain, delta=delta, generator=generator)
             except ValueError as err:

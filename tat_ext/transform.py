@@ -1,14 +1,13 @@
 """Solve for the activation parameters of TAT (Leaky ReLU and smooth) and DKS.
 
-The math and the targets are in REFERENCE.md ("TReLU", "Architectures", "TAT for smooth activations
-and DKS").
+The math and the targets are in docs/math.md ("TReLU", "Architectures", "TAT for smooth activations
+and DKS"); the limits on depth and on near-linear targets in its section "Limits".
 """
 from __future__ import annotations
 
 import functools
 import itertools
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from tat_ext import cmaps
+from tat_ext import _validate, cmaps
+from tat_ext._validate import ArgumentValueError
 from tat_ext.activations import (
     Activation,
     ActivationParams,
@@ -26,9 +26,12 @@ from tat_ext.activations import (
     get_activation,
     resolve,
 )
-from tat_ext.cmaps import trelu_c_map
+from tat_ext.cmaps import trelu_c_map, trelu_chain_c_map
 
 __all__ = [
+    "MAX_DEPTH",
+    "MIN_LOCAL_CURVATURE",
+    "MIN_LOCAL_SLOPE_EXCESS",
     "ActivationParams",
     "TReLUParams",
     "get_transformed_activations",
@@ -39,10 +42,14 @@ __all__ = [
 
 SubnetMaxFunc = Callable[[float, Callable[[float], float]], float]
 
+# Largest number of nonlinear layers a plain chain (``depth``) may have (docs/math.md, "Limits").
+# A chain's C_f(0) is the TReLU C map applied layer by layer, O(depth) per root-finder step: about
+# 2 s per solve at this depth. No shortcut skips layers exactly: the iterates approach the fixed
+# point C = 1 only algebraically (1 − c ~ 1/n²), not geometrically.
+MAX_DEPTH = 1_000_000
+
 # Tightest bracket brentq can be asked for on α ∈ [0, 1]; keeps |slope − exact root| far below 1e-9.
 _XTOL = 1e-14
-# Guard for the "minimum depth" search of an infeasible eta (ReLU chains approach C = 1 like 1/L²).
-_MAX_DEPTH_SEARCH = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -61,37 +68,25 @@ class TReLUParams:
 
 
 def _check_depth(depth: object) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
-        raise TypeError(f"depth must be an int (number of nonlinear layers), got {depth!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1 (number of nonlinear layers), got {depth}")
-    return int(depth)
+    """The number of nonlinear layers of a plain chain: an int in [1, MAX_DEPTH]."""
+    depth = _validate.integer("depth", depth, ge=1)
+    if depth > MAX_DEPTH:
+        raise ArgumentValueError("depth", f"depth={depth} exceeds the supported maximum of {MAX_DEPTH} "
+                                          "nonlinear layers (the chain's kernel map is evaluated layer by "
+                                          "layer; docs/math.md, \"Limits\")")
+    return depth
 
 
 def _check_eta(eta: object) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
-        raise TypeError(f"eta must be a float in (0, 1), got {eta!r}")
-    if not 0.0 < eta < 1.0:
-        raise ValueError(f"eta must lie strictly between 0 and 1, got {eta}")
-    return float(eta)
-
-
-def _trelu_chain_c0(slope: float, depth: int) -> float:
-    """C_α applied ``depth`` times to 0 — scalar math, since this loop is the solver's hot path."""
-    k = (1.0 - slope) ** 2 / (math.pi * (1.0 + slope * slope))
-    c = 0.0
-    sqrt, acos = math.sqrt, math.acos
-    # No clamp needed: the computed increment is below 1 − c by far more than its rounding error.
-    for _ in range(depth):
-        c += k * (sqrt(1.0 - c * c) - c * acos(c))
-    return c
+    return _validate.real("eta", eta, gt=0.0, lt=1.0)
 
 
 def _min_relu_depth(eta: float) -> Optional[int]:
-    """Fewest layers for which a ReLU chain (the most nonlinear TReLU) reaches C_f(0) >= eta."""
+    """Fewest layers (up to MAX_DEPTH) for which a ReLU chain, the most nonlinear TReLU, reaches
+    C_f(0) >= eta; None if more are needed."""
     c = 0.0
     k = 1.0 / math.pi
-    for depth in range(1, _MAX_DEPTH_SEARCH + 1):
+    for depth in range(1, MAX_DEPTH + 1):
         c += k * (math.sqrt(1.0 - c * c) - c * math.acos(c))
         if c >= eta:
             return depth
@@ -102,8 +97,8 @@ def _subnet_value(subnet_max_func: SubnetMaxFunc, x: float, r_fn: Callable[[floa
     value = subnet_max_func(x, r_fn)
     try:
         value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"subnet_max_func must return a float, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"subnet_max_func must return a float, got {_validate.show(value)}") from None
     if not math.isfinite(value):
         raise ValueError(f"subnet_max_func returned a non-finite value {value}")
     return value
@@ -112,6 +107,12 @@ def _subnet_value(subnet_max_func: SubnetMaxFunc, x: float, r_fn: Callable[[floa
 def _round_down(value: float, digits: int) -> str:
     """``value`` cut (not rounded) to ``digits`` decimals, so that it is safe to pass back."""
     return f"{math.floor(value * 10**digits) / 10**digits:.{digits}f}"
+
+
+def _round_up(value: float, digits: int = 3) -> str:
+    """The smallest ``digits``-significant-digit decimal >= ``value`` > 0, to suggest a bound."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return f"{math.ceil(value / unit * (1.0 - 1e-12)) * unit:.{digits}g}"
 
 
 def solve_trelu(
@@ -123,10 +124,11 @@ def solve_trelu(
     """Negative slope α of the TReLU so that the network's maximal C_f(0) equals ``eta``.
 
     Args:
-        depth: number of nonlinear layers of a plain chain (a vanilla ResNet-50 has 49).
+        depth: number of nonlinear layers of a plain chain (a vanilla ResNet-50 has 49), at most
+            :data:`MAX_DEPTH` (10⁶).
         eta: target C_f(0) in (0, 1) (the paper's η, default 0.9).
         subnet_max_func: ``f(x, r_fn) -> float`` tracing the architecture in C-value space and
-            returning the maximum over its subnetworks (REFERENCE.md, "Architectures"); use it
+            returning the maximum over its subnetworks (docs/math.md, "Architectures"); use it
             instead of ``depth`` for branching networks.
 
     Returns:
@@ -141,7 +143,7 @@ def solve_trelu(
 
     if depth is not None:
         def c_f0(slope: float) -> float:
-            return _trelu_chain_c0(slope, depth)
+            return trelu_chain_c_map(0.0, slope, depth)
     else:
         def c_f0(slope: float) -> float:
             return _subnet_value(subnet_max_func, 0.0, lambda c: trelu_c_map(c, slope))
@@ -153,13 +155,13 @@ def solve_trelu(
         if depth is not None:
             needed = _min_relu_depth(eta)
             need = (f"at least {needed} nonlinear layers" if needed is not None
-                    else f"more than {_MAX_DEPTH_SEARCH} nonlinear layers")
-            raise ValueError(
-                f"eta={eta} is unreachable with depth={depth}: even ReLU (slope 0) only gives "
+                    else f"more than {MAX_DEPTH} nonlinear layers (the supported maximum)")
+            raise ArgumentValueError(
+                "depth", f"eta={eta} is unreachable with depth={depth}: even ReLU (slope 0) only gives "
                 f"C_f(0)={reachable:.6g}; eta={eta} needs {need}, or use eta <= {_round_down(reachable, 6)}"
             )
-        raise ValueError(
-            f"eta={eta} is unreachable for this subnet_max_func: the largest reachable eta is "
+        raise ArgumentValueError(
+            "eta", f"eta={eta} is unreachable for this subnet_max_func: the largest reachable eta is "
             f"{_round_down(reachable, 10)} (slope 0, i.e. ReLU)"
         )
     linear = c_f0(1.0)
@@ -176,8 +178,22 @@ def solve_trelu(
 # Smooth TAT and DKS: ActivationParams for φ̂(x) = γ·(φ(α·x + β) + δ)
 # ---------------------------------------------------------------------------------------------
 
-# Every solution is re-checked through cmaps.local_invariants against this (REFERENCE: 1e-8).
+# Every solution is re-checked through cmaps.local_invariants against this (1e-8 is required).
 _INVARIANT_TOL = 1e-9
+# ... and its targeted per-layer C''(1) (TAT) or C'(1) − 1 (DKS) to this relative accuracy.
+_TARGET_RTOL = 1e-6
+# A root finder's stopping point counts as a candidate root when its residuals (relative to the
+# targets) are below this.
+_RESIDUAL_TOL = 1e-6
+# Smallest per-layer targets solved (docs/math.md, "Limits"): a per-layer C''(1) (TAT) or
+# C'(1) − 1 (DKS) this small makes φ̂ so nearly affine that rounding φ's argument α·z + β alone
+# perturbs the moments by ~1e-16/α relative. Measured: every registered activation solves at TAT
+# 1e-10 and, but for the kinked elu and softsign, at DKS 1e-8, meeting the target to ~1e-10
+# relative where checked against 50-digit quadrature.
+MIN_LOCAL_CURVATURE = 1e-9
+MIN_LOCAL_SLOPE_EXCESS = 1e-8
+# Relative slack on those floors, so that a target suggested from them survives being recomputed.
+_FLOOR_SLACK = 1e-9
 # Deterministic restarts after the fixed starting points (like the reference library's seed).
 _RANDOM_SEED = 123
 _NUM_RANDOM_STARTS = 30
@@ -197,14 +213,6 @@ _REJECT_GAIN = {"sigmoid": 0.25}
 _RELU_MAX_SLOPE_POSITIVE_SHIFT = math.pi / (math.pi - 1.0)
 
 
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite float, got {value!r}")
-    if value <= 0.0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)
-
-
 def _one_architecture(depth: object, funcs: Dict[str, object]) -> Optional[int]:
     """Exactly one of ``depth`` and the architecture functions; returns the checked depth or None."""
     given = (["depth"] if depth is not None else []) + [name for name, f in funcs.items() if f is not None]
@@ -222,8 +230,8 @@ def _solve_increasing(fn: Callable[[float], float], target: float, low: float, w
         value = fn(x)
         try:
             value = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{what} must return a float, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError(f"{what} must return a float, got {_validate.show(value)}") from None
         if math.isnan(value):
             raise ValueError(f"{what} returned NaN at {x}")
         return value - target
@@ -243,32 +251,53 @@ def _solve_increasing(fn: Callable[[float], float], target: float, low: float, w
     return optimize.brentq(excess, low, high, xtol=1e-300, rtol=4 * np.finfo(float).eps)
 
 
-def _local_curv_target(depth, tau, subnet_max_func, max_curv_func) -> float:
+def _local_curv_target(depth, tau, subnet_max_func, max_curv_func, tau_name: str = "tau") -> float:
     """Per-layer C''(1) making the maximal C_f''(1) over subnetworks equal tau (a chain: tau/L)."""
     depth = _one_architecture(depth, {"subnet_max_func": subnet_max_func, "max_curv_func": max_curv_func})
-    tau = _check_positive("tau", tau)
+    tau = _validate.real(tau_name, tau, gt=0.0)
     if depth is not None:
-        return tau / depth
-    if max_curv_func is None:
-        # REFERENCE.md, "Architectures": composition becomes addition for C''(1) when C'(1) = 1.
-        def max_curv_func(k: float) -> float:
-            return subnet_max_func(0.0, lambda y: k + y)
-    return _solve_increasing(max_curv_func, tau, 0.0, "max_curv_func")
+        curv = tau / depth
+    else:
+        if max_curv_func is None:
+            # docs/math.md, "Architectures": composition becomes addition for C''(1) when C'(1) = 1.
+            def max_curv_func(k: float) -> float:
+                return subnet_max_func(0.0, lambda y: k + y)
+        curv = _solve_increasing(max_curv_func, tau, 0.0, "max_curv_func")
+    if not curv >= MIN_LOCAL_CURVATURE * (1.0 - _FLOOR_SLACK):
+        fix = (f"for depth={depth} use {tau_name} >= {_round_up(MIN_LOCAL_CURVATURE * depth)}"
+               if depth is not None else f"use a larger {tau_name}")
+        raise ArgumentValueError(
+            tau_name, f"{tau_name}={tau:g} asks each layer for C''(1) = {curv:.3g}, below the solvable "
+                      f"minimum {MIN_LOCAL_CURVATURE:g}: so close to linear, the activation's kernel map "
+                      f"cannot be resolved in double precision (docs/math.md, \"Limits\"); {fix}")
+    return curv
 
 
-def _local_slope_target(depth, zeta, subnet_max_func, max_slope_func) -> float:
-    """Per-layer C'(1) making the maximal C_f'(1) over subnetworks equal zeta (a chain: zeta^(1/L))."""
+def _local_slope_excess(depth, zeta, subnet_max_func, max_slope_func, zeta_name: str = "zeta") -> float:
+    """Per-layer C'(1) − 1 making the maximal C_f'(1) over subnetworks equal zeta (a chain:
+    zeta^(1/L) − 1). The excess is what the solver matches: 1 + excess would lose its digits."""
     depth = _one_architecture(depth, {"subnet_max_func": subnet_max_func, "max_slope_func": max_slope_func})
-    zeta = _check_positive("zeta", zeta)
-    if zeta <= 1.0:
-        raise ValueError(f"zeta (the network's C_f'(1)) must be > 1, got {zeta}")
+    zeta = _validate.real(zeta_name, zeta, gt=1.0)
     if depth is not None:
-        return math.exp(math.log(zeta) / depth)
-    if max_slope_func is None:
-        # REFERENCE.md, "Architectures": composition becomes multiplication for C'(1).
-        def max_slope_func(s: float) -> float:
-            return subnet_max_func(1.0, lambda y: s * y)
-    return _solve_increasing(max_slope_func, zeta, 1.0, "max_slope_func")
+        excess = math.expm1(math.log(zeta) / depth)
+    else:
+        if max_slope_func is None:
+            # docs/math.md, "Architectures": composition becomes multiplication for C'(1).
+            def max_slope_func(s: float) -> float:
+                return subnet_max_func(1.0, lambda y: s * y)
+        excess = _solve_increasing(max_slope_func, zeta, 1.0, "max_slope_func") - 1.0
+    if not excess >= MIN_LOCAL_SLOPE_EXCESS * (1.0 - _FLOOR_SLACK):
+        if depth is not None:
+            least = 1.0 + float(_round_up(math.expm1(depth * math.log1p(MIN_LOCAL_SLOPE_EXCESS))))
+            fix = f"for depth={depth} use {zeta_name} >= {least!r}"
+        else:
+            fix = f"use a larger {zeta_name}"
+        raise ArgumentValueError(
+            zeta_name, f"{zeta_name}={zeta!r} asks each layer for C'(1) = 1 + {excess:.3g}, closer to 1 than "
+                       f"the solvable minimum 1 + {MIN_LOCAL_SLOPE_EXCESS:g}: so close to linear, the "
+                       "activation's kernel map cannot be resolved in double precision (docs/math.md, "
+                       f"\"Limits\"); {fix}")
+    return excess
 
 
 def _starting_points(guesses: Iterable[Tuple[float, float]], grid: Iterable[Tuple[float, float]],
@@ -304,8 +333,14 @@ def _first_root(branches: Sequence[Tuple[Callable, Callable]],
             with np.errstate(all="ignore"):
                 sol = optimize.root(_finite_residual(residual), x0, method="hybr",
                                     options={"xtol": 1e-13})
-            if sol.success and np.all(np.isfinite(sol.x)):
-                params = finish(sol.x)
+            # Near the linear limit rounding noise in the residual can stop hybr short of xtol
+            # ("not making good progress") close to a root: _checked decides whether it is one.
+            converged = sol.success or np.max(np.abs(sol.fun)) <= _RESIDUAL_TOL
+            if converged and np.all(np.isfinite(sol.x)):
+                try:
+                    params = finish(sol.x)
+                except (ZeroDivisionError, ValueError, OverflowError):  # a degenerate "root"
+                    params = None
                 if params is not None:
                     return params
     return None
@@ -323,18 +358,31 @@ def _finite_residual(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.nda
     return wrapped
 
 
-def _checked(activation: Activation, params: ActivationParams, targets: dict) -> Optional[ActivationParams]:
-    """``params`` if an independent evaluation of the invariants meets ``targets``, else None."""
-    inv = cmaps.local_invariants(activation, params)
+def _checked(activation: Activation, params: ActivationParams, targets: dict,
+             targeted: Tuple[str, float, float]) -> Optional[ActivationParams]:
+    """``params`` if an independent evaluation of the invariants meets ``targets`` to
+    _INVARIANT_TOL and the targeted invariant to _TARGET_RTOL, else None.
+
+    ``targeted = (key, offset, value)``: invariant ``key`` minus ``offset`` must match ``value``
+    relatively. The absolute check alone would pass any C''(1) or C'(1) − 1 below 1e-9.
+    """
+    try:
+        inv = cmaps.local_invariants(activation, params)
+    except ValueError:  # Q(1) vanished: not a solution
+        return None
     ok = all(abs(getattr(inv, key) - value) <= _INVARIANT_TOL * max(1.0, abs(value))
              for key, value in targets.items())
+    key, offset, value = targeted
+    ok = ok and abs(getattr(inv, key) - offset - value) <= _TARGET_RTOL * value
     return params if ok else None
 
 
 def _unsolvable(activation: Activation, what: str) -> ValueError:
     name = activation if isinstance(activation, str) else getattr(activation, "__name__", repr(activation))
     return ValueError(f"no parameters found for {name!r} reaching {what}; the target may be out of this "
-                      "activation's reach (try a milder target, e.g. a larger depth or smaller tau/zeta)")
+                      "activation's reach (a strongly nonlinear layer: try a larger depth or a smaller "
+                      "tau/zeta), or too close to linear for the solver's starting points (a per-layer "
+                      "target near its minimum, docs/math.md, \"Limits\")")
 
 
 def _positive_scale(alpha: float, beta: float, delta: float, gamma: float,
@@ -387,24 +435,24 @@ def _solve_tat_local(activation: Activation, curv: float) -> ActivationParams:
 
     # Given (α, β): γ = 1/sqrt(E[g'²]) sets C'(1) = 1, and Q(1) = 1 is then the quadratic
     # (δ + E[g])² = E[g'²] − Var g, solvable by the Gaussian Poincaré inequality. Two equations in
-    # (α, β) remain, on the branch of either root δ.
-    def output_params(x: np.ndarray, sign: float) -> Tuple[cmaps.Moments, float, float]:
+    # (α, β) remain, on the branch of either root δ. Centred moments keep the near-linear case exact.
+    def output_params(x: np.ndarray, sign: float) -> Tuple[cmaps.Moments, float, float, float]:
         m = cmaps.moments(act, x[0], x[1])
-        gap = max(m.d1 - (m.e2 - m.e1 * m.e1), 0.0)
-        return m, -m.e1 + sign * math.sqrt(gap), 1.0 / math.sqrt(m.d1)
+        mean = sign * math.sqrt(max(m.gap, 0.0))  # E[g] + δ
+        return m, mean, mean - m.e1, 1.0 / math.sqrt(m.d1)
 
     def branch(sign: float) -> Tuple[Callable, Callable]:
         def residual(x: np.ndarray) -> np.ndarray:
-            m, delta, gamma = output_params(x, sign)
-            q_slope = gamma * gamma * (m.p + delta * m.p0)
+            m, mean, _, gamma = output_params(x, sign)
+            q_slope = gamma * gamma * (m.pc + mean * m.p0)
             return np.array([q_slope - 1.0, m.d2 / m.d1 / curv - 1.0])  # C''(1) relative to target
 
         def finish(x: np.ndarray) -> Optional[ActivationParams]:
-            _, delta, gamma = output_params(x, sign)
+            _, _, delta, gamma = output_params(x, sign)
             params = _positive_scale(x[0], x[1], delta, gamma)
             if params.input_scale * params.output_scale >= max_product:
                 return None
-            return _checked(activation, params, targets)
+            return _checked(activation, params, targets, ("c_curv_1", 0.0, curv))
 
         return residual, finish
 
@@ -447,11 +495,11 @@ def solve_dks(
             C'(1) = 1.5 with Q'(1) = 1; ``square`` always has Q'(1) = C'(1)).
     """
     resolve(activation)  # reject unknown names before the architecture search
-    q_slope = _check_positive("q_slope", q_slope)
-    slope = _local_slope_target(depth, zeta, subnet_max_func, max_slope_func)
+    q_slope = _validate.real("q_slope", q_slope, gt=0.0)
+    excess = _local_slope_excess(depth, zeta, subnet_max_func, max_slope_func)
     if activation == "relu":
         _warn_dks_relu(stacklevel=3)
-    return _solve_dks_local(activation, slope, q_slope)
+    return _solve_dks_local(activation, excess, q_slope)
 
 
 def _warn_dks_relu(stacklevel: int) -> None:
@@ -460,13 +508,15 @@ def _warn_dks_relu(stacklevel: int) -> None:
                   stacklevel=stacklevel)
 
 
-def _solve_dks_local(activation: Activation, slope: float, q_slope: float) -> ActivationParams:
-    """DKS parameters for a per-layer C'(1) target ``slope`` and Q'(1) target ``q_slope``."""
+def _solve_dks_local(activation: Activation, excess: float, q_slope: float) -> ActivationParams:
+    """DKS parameters for a per-layer C'(1) = 1 + ``excess`` and Q'(1) = ``q_slope``.
+
+    C'(1) − 1 is matched relative to ``excess``: deep nets need C'(1) = 1 + O(1/L).
+    """
     if activation == "relu":
-        return _solve_dks_relu(slope)
+        return _solve_dks_relu(excess)
     act = resolve(activation)
-    targets = {"q_1": 1.0, "q_slope_1": q_slope, "c_val_0": 0.0, "c_slope_1": slope}
-    excess = slope - 1.0  # C'(1) − 1 is matched relative to this: deep nets need 1 + O(1/L)
+    targets = {"q_1": 1.0, "q_slope_1": q_slope, "c_val_0": 0.0, "c_slope_1": 1.0 + excess}
 
     if activation == "leaky_relu":
         # Unknowns (negative slope, β); LReLU is positively homogeneous, so α = 1 loses nothing.
@@ -481,48 +531,46 @@ def _solve_dks_local(activation: Activation, slope: float, q_slope: float) -> Ac
         grid = [(a, b) for a in (1.0, 0.3) for b in _SHIFT_GRID]
         box = ((0.05, -3.0), (2.0, 3.0))
 
-    def moments_and_var(x: np.ndarray) -> Tuple[cmaps.Moments, float]:
+    # δ = −E[g] sets C(0) = 0; then Q(1) = 1 needs γ² = 1/Var g (centred moments: exact near-linear).
+    def residual(x: np.ndarray) -> np.ndarray:
         resolved, alpha, beta = unpack(x)
         m = cmaps.moments(resolved, alpha, beta, curvature=False)
-        return m, m.e2 - m.e1 * m.e1  # δ = −E[g] sets C(0) = 0; then Q(1) = 1 needs γ² = 1/Var g
-
-    def residual(x: np.ndarray) -> np.ndarray:
-        m, var = moments_and_var(x)
-        q = (m.p - m.e1 * m.p0) / var
-        return np.array([q - q_slope, ((m.d1 - var) / var) / excess - 1.0])
+        # Both relative to the excess: near the linear limit Q'(1) − 1 is O(excess) too, and an
+        # unscaled first row would look converged long before its root is reached.
+        return np.array([(m.pc / m.var - q_slope) / excess, (m.gap / m.var) / excess - 1.0])
 
     def finish(x: np.ndarray) -> Optional[ActivationParams]:
-        m, var = moments_and_var(x)
-        _, alpha, beta = unpack(x)
+        resolved, alpha, beta = unpack(x)
+        m = cmaps.moments(resolved, alpha, beta, curvature=False)
         negative_slope = float(x[0]) if activation == "leaky_relu" else None
-        params = _positive_scale(alpha, beta, -m.e1, 1.0 / math.sqrt(var), negative_slope)
-        return _checked(activation, params, targets)
+        params = _positive_scale(alpha, beta, -m.e1, 1.0 / math.sqrt(m.var), negative_slope)
+        return _checked(activation, params, targets, ("c_slope_1", 1.0, excess))
 
     params = _first_root([(residual, finish)], _starting_points(guesses, grid, *box))
     if params is None:
-        raise _unsolvable(activation, f"Q'(1) = {q_slope:.6g}, C(0) = 0, C'(1) = {slope:.10g}")
+        raise _unsolvable(activation, f"Q'(1) = {q_slope:.6g}, C(0) = 0, C'(1) = 1 + {excess:.10g}")
     return params
 
 
-def _solve_dks_relu(slope: float) -> ActivationParams:
-    """DKS for ReLU with C(0) = 0, Q(1) = 1: C'(1) depends only on h = β/α; brentq on h."""
+def _solve_dks_relu(excess: float) -> ActivationParams:
+    """DKS for ReLU with C(0) = 0, Q(1) = 1 and C'(1) = 1 + ``excess``: C'(1) depends only on
+    h = β/α; brentq on h."""
     act = resolve("relu")
-    shift = 1.0 if slope < _RELU_MAX_SLOPE_POSITIVE_SHIFT else -1.0
+    shift = 1.0 if 1.0 + excess < _RELU_MAX_SLOPE_POSITIVE_SHIFT else -1.0
 
-    def excess(h: float) -> float:
+    def residual(h: float) -> float:
         m = cmaps.moments(act, 1.0, h)  # relu(α·z + β) = α·relu(z + h): the scale cancels in C'(1)
-        var = m.e2 - m.e1 * m.e1
-        return (m.d1 - var) / var - (slope - 1.0)
+        return m.gap / m.var - excess
 
     # C'(1) − 1 falls from 1/(π−1) at h = 0 to 0 as h → +∞, and grows without bound as h → −∞.
     tiny, bound = shift * 1e-12, 1.0
-    while np.sign(excess(shift * bound)) == np.sign(excess(tiny)):
+    while np.sign(residual(shift * bound)) == np.sign(residual(tiny)):
         bound *= 2.0
         if bound > 1e3:
-            raise ValueError(f"no ReLU input scale reaches C'(1) = {slope:.10g}")
-    h = optimize.brentq(excess, *sorted((tiny, shift * bound)), xtol=1e-300, rtol=4 * np.finfo(float).eps)
+            raise ValueError(f"no ReLU input scale reaches C'(1) = 1 + {excess:.10g}")
+    h = optimize.brentq(residual, *sorted((tiny, shift * bound)), xtol=1e-300, rtol=4 * np.finfo(float).eps)
     m = cmaps.moments(act, 1.0 / abs(h), shift)
-    return ActivationParams(1.0 / abs(h), shift, -m.e1, 1.0 / math.sqrt(m.e2 - m.e1 * m.e1))
+    return ActivationParams(1.0 / abs(h), shift, -m.e1, 1.0 / math.sqrt(m.var))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,34 +657,30 @@ def get_transformed_activations(
     if method == "DKS":
         if "relu" in activation_names:
             _warn_dks_relu(stacklevel=3)
-        zeta = dks["c_slope_1_target"]
-        if not zeta > 1.0:
-            raise ValueError(f"dks_params['c_slope_1_target'] must be a float > 1.0, got {zeta!r}")
+        zeta_name = "dks_params['c_slope_1_target']"
+        zeta = _validate.real(zeta_name, dks["c_slope_1_target"], gt=1.0)
+        q_slope = _validate.real("dks_params['local_q_slope_target']", dks["local_q_slope_target"], gt=0.0)
         if max_slope_func is None and subnet_max_func is None:
             raise ValueError("DKS needs subnet_max_func or max_slope_func")
-        slope = _local_slope_target(None, zeta, subnet_max_func if max_slope_func is None else None,
-                                    max_slope_func)
-        q_slope = _check_positive("dks_params['local_q_slope_target']", dks["local_q_slope_target"])
-        params = {name: _solve_dks_local(name, slope, q_slope) for name in activation_names}
+        excess = _local_slope_excess(None, zeta, subnet_max_func if max_slope_func is None else None,
+                                     max_slope_func, zeta_name)
+        params = {name: _solve_dks_local(name, excess, q_slope) for name in activation_names}
     elif method == "TAT" and "leaky_relu" not in activation_names:
         if "relu" in activation_names:
             raise ValueError("ReLU is not supported by TAT (its C''(1) is infinite); use leaky_relu")
-        tau = tat["c_curve_target"]
-        if not tau > 0.0:
-            raise ValueError(f"tat_params['c_curve_target'] must be a float > 0.0, got {tau!r}")
+        tau_name = "tat_params['c_curve_target']"
+        tau = _validate.real(tau_name, tat["c_curve_target"], gt=0.0)
         if max_curv_func is None and subnet_max_func is None:
             raise ValueError("TAT with smooth activations needs subnet_max_func or max_curv_func")
         curv = _local_curv_target(None, tau, subnet_max_func if max_curv_func is None else None,
-                                  max_curv_func)
+                                  max_curv_func, tau_name)
         params = {name: _solve_tat_local(name, curv) for name in activation_names}
     elif method == "TAT":
         if len(activation_names) > 1:
             raise ValueError("with TAT, leaky_relu must be the only activation (its slope comes from "
                              "c_val_0_target, the others' parameters from c_curve_target); "
                              f"got {activation_names}")
-        eta = tat["c_val_0_target"]
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"tat_params['c_val_0_target'] must be a float in [0, 1], got {eta!r}")
+        eta = _validate.real("tat_params['c_val_0_target']", tat["c_val_0_target"], ge=0.0, le=1.0)
         if subnet_max_func is None:
             raise ValueError("TAT with leaky_relu needs subnet_max_func")
         trelu_params = solve_trelu(eta=eta, subnet_max_func=subnet_max_func)

@@ -87,6 +87,19 @@ def test_bad_input_exits_2_naming_the_argument(capsys, argv, argument):
     assert f"argument {argument}" in err or argument in err.splitlines()[-1], err
 
 
+@pytest.mark.parametrize("argv, argument", [
+    # Formerly a traceback (exit 1) and a hang: limits named by their option (docs/math.md, "Limits").
+    (["solve", "--depth", "50", "--activation", "softplus", "--tau", "1e-300"], "--tau"),
+    (["solve", "--depth", "50", "--activation", "tanh", "--method", "DKS", "--zeta", "1.0000000000001"], "--zeta"),
+    (["solve", "--depth", "99999999999999999999"], "--depth"),
+    (["solve", "--depth", "1000001", "--activation", "gelu"], "--depth"),
+])
+def test_limits_exit_2_naming_the_option(capsys, argv, argument):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.splitlines()[-1].startswith(f"tat-ext solve: error: argument {argument}: "), err
+
+
 def test_no_command_and_help(capsys):
     assert run(capsys)[0] == 2
     code, out, _ = run(capsys, "solve", "--help")
@@ -100,3 +113,21 @@ def test_python_dash_m_entry_point():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "0.4259071946" in proc.stdout
+
+
+def test_deep_smooth_chain_prints_fast(capsys):
+    # C_f'(1), C_f''(1) in closed form; C_f(0) (one quadrature per layer) only up to 5000 layers.
+    code, out, _ = run(capsys, "solve", "--activation", "tanh", "--depth", "6000")
+    assert code == 0
+    assert "C_f(0)   = (not computed beyond 5000 layers" in out
+    assert value(out, "C_f'(1)") == pytest.approx(1.0, abs=1e-8)
+    assert value(out, "C_f''(1)") == pytest.approx(0.3, rel=1e-6)
+    code, out, _ = run(capsys, "solve", "--activation", "tanh", "--method", "DKS", "--depth", "7000",
+                       "--zeta", "2")
+    assert code == 0 and value(out, "C_f'(1)") == pytest.approx(2.0, rel=1e-6)
+
+
+def test_table_marks_too_deep_rows(capsys):
+    code, out, _ = run(capsys, "solve", "--depths", "50,2000000")
+    assert code == 0
+    assert re.search(r"^\s*2000000\s+depth=2000000 exceeds the supported maximum", out, re.M)

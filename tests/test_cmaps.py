@@ -204,3 +204,70 @@ def test_bad_input():
         ActivationParams(input_scale=0.0)
     with pytest.raises(ValueError, match="output_shift"):
         ActivationParams(output_shift=float("nan"))
+
+
+# --- Near the linear limit: the centred moments (docs/math.md, "Limits") -------------------------
+
+def _longdouble_moments(fn, alpha, beta, fn_slope, kink=None, n=600):
+    """Var g, E[g'²] − Var g and E[(g − E g)g'z] by Gauss–Legendre in long double (split at the
+    kink), for g(z) = fn(α·z + β) with derivative α·fn_slope(α·z + β)."""
+    ld = np.longdouble
+    x, w = roots_legendre(n)
+    edges = [-12.0, 12.0] if kink is None else [-12.0, (kink - beta) / alpha, 12.0]
+    zs, ws = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        lo, hi = ld(lo), ld(hi)
+        zs.append((hi + lo) / 2 + (hi - lo) / 2 * x.astype(ld))
+        ws.append((hi - lo) / 2 * w.astype(ld))
+    z, w = np.concatenate(zs), np.concatenate(ws)
+    w = w * np.exp(-z * z / 2) / np.sqrt(ld(2) * ld(np.pi))
+    arg = ld(alpha) * z + ld(beta)
+    g, g1 = fn(arg), ld(alpha) * fn_slope(arg)
+    centred = g - (w * g).sum()
+    var = (w * centred**2).sum()
+    return float(var), float((w * g1**2).sum() - var), float((w * centred * g1 * z).sum())
+
+
+@pytest.mark.parametrize("alpha, beta", [(1e-4, 0.6), (3e-3, -0.4), (0.8, 0.3)])
+def test_centred_moments_of_a_nearly_linear_activation(alpha, beta):
+    assert np.finfo(np.longdouble).eps < 1e-18, "needs extended precision"
+    m = cmaps.moments(cmaps.resolve("tanh"), alpha, beta)
+    var, gap, pc = _longdouble_moments(np.tanh, alpha, beta, lambda y: 1 - np.tanh(y) ** 2)
+    # At α = 1e-4 the gap is 1e-8·Var g: e2 − e1² and d1 − var would leave it no correct digit.
+    assert m.var == pytest.approx(var, rel=1e-12)
+    assert m.gap == pytest.approx(gap, rel=1e-6)
+    assert m.pc == pytest.approx(pc, rel=1e-10)
+    assert m.gap == pytest.approx(m.d1 - m.var, rel=1e-6, abs=1e-13 * m.var)
+
+
+@pytest.mark.parametrize("slope, beta", [(0.9999, 0.3), (0.2, 4.0), (0.0, -1.5)])
+def test_centred_moments_of_leaky_relu_closed_forms(slope, beta):
+    m = cmaps.moments(cmaps.resolve("leaky_relu", ActivationParams(negative_slope=slope)), 1.3, beta)
+    var, gap, pc = _longdouble_moments(lambda y: np.where(y > 0, y, slope * y), 1.3, beta,
+                                       lambda y: np.where(y > 0, 1.0, slope), kink=0.0)
+    assert m.var == pytest.approx(var, rel=1e-12)
+    assert m.gap == pytest.approx(gap, rel=1e-8)
+    assert m.pc == pytest.approx(pc, rel=1e-10)
+
+
+def test_invariants_of_a_vanishing_activation_raise():
+    # Formerly ZeroDivisionError: Q(1) = 0 leaves the C map undefined.
+    for params in (ActivationParams(output_scale=0.0), ActivationParams(output_scale=1e-200)):
+        with pytest.raises(ValueError, match=r"Q\(1\) = 0"):
+            cmaps.local_invariants("tanh", params)
+
+
+def test_argument_types():
+    assert cmaps.trelu_c_map(np.float32(0.5), np.float64(0.2), derivative=np.int64(1)) == \
+        cmaps.trelu_c_map(0.5, 0.2, derivative=1)
+    assert cmaps.trelu_c0(np.float32(0.25)) == cmaps.trelu_c0(0.25)
+    for call, match in [
+        (lambda: cmaps.trelu_c_map(0.5, "0.2"), "slope must be a real number"),
+        (lambda: cmaps.trelu_c0(10**400), "slope must be finite"),
+        (lambda: cmaps.trelu_c_map("0.5", 0.2), "c must be a real number"),
+        (lambda: cmaps.trelu_c_map(0.5, 0.2, derivative=True), "derivative must be an int"),
+        (lambda: cmaps.c_map("tanh", [0.1, "x"]), "c must be a real number or an array"),
+        (lambda: cmaps.q_map("tanh", None), "q must be a real number or an array"),
+    ]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            call()

@@ -1,6 +1,7 @@
 """Per-location normalization against an explicit per-location loop."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,103 @@ def test_errors():
         per_location_normalization(torch.randn(4, 7), homog_mode="avg_q")
     with pytest.raises(ValueError, match="avg_q"):
         per_location_normalization(torch.randn(7), homog_mode="avg_q", has_batch_dim=False, channel_dim=0)
+
+
+# --- Extreme scales, zero locations, 1 channel, numpy scalars (issue 8) --------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, scales", [
+    (torch.float32, (1e30, 1e-30, 1e-41)),  # 1e-41: subnormal in float32
+    (torch.float64, (1e250, 1e-250)),
+    (torch.bfloat16, (1e35, 1e-35)),
+    (torch.float16, (6e4, 1e-6)),  # 1e-6: subnormal in float16
+])
+@pytest.mark.parametrize("mode", ["avg_q", "off"])
+def test_scale_invariant_modes_at_extreme_scales(device, dtype, scales, mode):
+    # Formerly: all-1e20 float32 gave zeros (q overflowed) and all-1e-20 gave 0.0922 (q clamped).
+    # "off" and "avg_q" are scale invariant, so the result must be that of the unscaled input.
+    torch.manual_seed(4)
+    base = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device).abs() + 0.5
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
+    for scale in scales:
+        x = (base * scale).to(dtype)
+        # Compare with the normalization of the *rounded* input (its entries are what PLN sees).
+        expected = per_location_normalization(x.double() / scale, mode)
+        y = per_location_normalization(x, mode)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol, msg=f"scale {scale}")
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e20), (torch.float32, 1e-20), (torch.bfloat16, 1e30)])
+def test_homogeneous_one_at_extreme_scales(dtype, scale):
+    torch.manual_seed(5)
+    x = (torch.randn(2, 3, 4, 4, dtype=torch.float64) * scale).to(dtype)
+    y = per_location_normalization(x, "one")
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    # Python floats hold 1e40 and 1e-40: the loop reference squares them without trouble.
+    torch.testing.assert_close(y.double(), _loop_reference(x, "one", 1.0), rtol=tol, atol=tol)
+    torch.testing.assert_close(_q(y, 1), torch.ones(2, 4, 4, dtype=torch.float64), rtol=0, atol=4 * tol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_matches_float64_formula_and_zero_locations_get_zero(mode):
+    # Formerly a zero location under "off" got a gradient of ~9e18 (q clamped to the tiny number).
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    x[0, :, 1, 2] = 0.0
+    if mode == "avg_q":
+        x[1] = 0.0  # an all-zero example: its homogeneous coordinate is 0 too
+    x.requires_grad_(True)
+    weights = torch.randn(2, 3 + (mode != "off"), 4, 5, dtype=torch.float64)
+    (per_location_normalization(x, mode, homog_scale=1.7) * weights).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # Zero vectors after the homogeneous coordinate is appended: (0, 0, 0, s) is a regular point.
+    zero_locations = torch.zeros(2, 4, 5, dtype=torch.bool)
+    if mode == "off":
+        zero_locations[0, 1, 2] = True
+    elif mode == "avg_q":
+        zero_locations[1] = True
+    assert torch.all(x.grad.permute(0, 2, 3, 1)[zero_locations] == 0)
+
+    # Elsewhere: autograd of the textbook formula in float64 (no scaling tricks).
+    ref_x = x.detach().clone().requires_grad_(True)
+    v = ref_x
+    if mode == "one":
+        v = torch.cat([v, torch.full((2, 1, 4, 5), 1.7, dtype=torch.float64)], dim=1)
+    elif mode == "avg_q":
+        rms = v.square().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-300).sqrt()
+        v = torch.cat([v, (1.7 * rms).expand(2, 1, 4, 5)], dim=1)
+    ref = v / v.square().mean(dim=1, keepdim=True).clamp_min(1e-300).sqrt()
+    (ref * weights).sum().backward()
+    keep = ~zero_locations.unsqueeze(1).expand_as(x)
+    if mode == "avg_q":
+        keep[1] = False  # the textbook formula's sqrt has no gradient at an all-zero example
+    torch.testing.assert_close(x.grad[keep], ref_x.grad[keep], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck(mode):
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: per_location_normalization(t, mode, 0.8), (x,))
+
+
+def test_one_channel_cannot_be_normalized_without_a_homogeneous_coordinate():
+    x = torch.tensor([0.5, -2.0, 0.0, 7.0]).reshape(4, 1)  # formerly → [1, -1, 0, 1]
+    with pytest.raises(ValueError, match="single value.*only its sign"):
+        per_location_normalization(x, homog_mode="off")
+    with pytest.raises(ValueError, match="homog_scale=0"):
+        per_location_normalization(x, homog_mode="one", homog_scale=0.0)
+    y = per_location_normalization(x)  # the default appends a coordinate: 1 channel → 2
+    assert y.shape == (4, 2)
+    torch.testing.assert_close(y[:, 0] / y[:, 1], x[:, 0])
+    with pytest.raises(ValueError, match="no channels"):
+        per_location_normalization(torch.randn(2, 0, 3))
+
+
+def test_numpy_scalars_are_accepted():
+    x = torch.randn(2, 3, 4, 4)
+    expected = per_location_normalization(x, "avg_q", homog_scale=2.0, has_batch_dim=True, channel_dim=1)
+    got = per_location_normalization(x, "avg_q", homog_scale=np.float32(2.0), has_batch_dim=np.bool_(True),
+                                     channel_dim=np.int64(1))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -1,13 +1,14 @@
 """Kernel diagnostics: a real 50-layer TReLU MLP at initialization against the C-map prediction."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tat_ext.data import per_location_normalization
-from tat_ext.diagnostics import measure_kernel, predicted_cosine
+from tat_ext.diagnostics import check_initialization, measure_kernel, predicted_cosine
 from tat_ext.init import tat_init_
 from tat_ext.transform import solve_trelu
 
@@ -84,7 +85,7 @@ def test_q_trace_stays_near_one(deep_trace):
 def test_predicted_cosine():
     slope = 0.3
     assert predicted_cosine(0.25, slope, 0) == 0.25
-    # C_α(0) = (1-α)²/(π(1+α²)) and C_α(1) = 1 (REFERENCE.md).
+    # C_α(0) = (1-α)²/(π(1+α²)) and C_α(1) = 1 (docs/math.md, "TReLU").
     assert predicted_cosine(0.0, slope, 1) == pytest.approx((1 - slope) ** 2 / (math.pi * (1 + slope**2)), abs=1e-15)
     assert predicted_cosine(1.0, slope, 10) == pytest.approx(1.0, abs=1e-15)
     # Two layers: C(C(c)) for c = 0.5 by the closed form written out here.
@@ -160,3 +161,116 @@ def test_errors_and_hook_cleanup():
     with pytest.raises(TypeError, match="'0'"):
         measure_kernel(bad, x, x, modules=["0"])
     assert not bad[0]._forward_hooks
+
+
+# --- Argument types (issue 8) ----------------------------------------------------------------------
+
+def test_predicted_cosine_argument_types():
+    expected = predicted_cosine(0.25, 0.3, 7)
+    assert predicted_cosine(np.float32(0.25), np.float64(0.3), np.int64(7)) == pytest.approx(expected, abs=1e-15)
+    array = predicted_cosine(np.array([0.25, 0.5]), 0.3, 7)
+    assert isinstance(array, np.ndarray) and array[0] == pytest.approx(expected, abs=1e-15)
+    for call, error, match in [
+        (lambda: predicted_cosine(0.0, "0.2", 3), TypeError, "slope must be a real number"),
+        (lambda: predicted_cosine(0.0, 10**400, 3), ValueError, "slope must be finite"),
+        (lambda: predicted_cosine(0.0, 0.2, 3.0), TypeError, "depth must be an int"),
+        (lambda: predicted_cosine(0.0, 0.2, 10**7), ValueError, "depth must be >= 0 and <= 1000000"),
+        (lambda: predicted_cosine("0.5", 0.2, 3), TypeError, "c_in must be a real number"),
+        (lambda: predicted_cosine(float("nan"), 0.2, 3), ValueError, "c_in must lie in"),
+    ]:
+        with pytest.raises(error, match=match):
+            call()
+
+
+def test_measure_kernel_rejects_a_single_name_or_module():
+    model = _small_model()
+    x = torch.randn(2, 16)
+    # Formerly "layer1" was iterated character by character ('l' is not a submodule name...).
+    with pytest.raises(TypeError, match=r"modules must be a list.*modules=\['2'\]"):
+        measure_kernel(model, x, x, modules="2")
+    with pytest.raises(TypeError, match="modules must be a list"):
+        measure_kernel(model, x, x, modules=model[2])  # a Sequential would iterate its children
+    assert measure_kernel(model, x, x, modules=("2",)).names == ("(input)", "2", "(output)")
+
+
+# --- check_initialization ----------------------------------------------------------------------------
+
+def _deep_mlp(depth: int, width: int, slope: float) -> nn.Module:
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), _TReLU(slope)]
+    return nn.Sequential(*layers)
+
+
+def test_default_init_is_flagged_and_collapses_the_kernel():
+    # The failure check_initialization exists for: forgetting tat_init_ (issue 8). Default init
+    # shrinks q ~3x per layer until the random biases dominate: every pair ends up at cosine ~1.
+    depth, width = 50, 128
+    slope = solve_trelu(depth).slope
+    torch.manual_seed(9)
+    model = _deep_mlp(depth, width, slope)
+    problems = check_initialization(model)
+    assert [p.layer for p in problems] == [str(2 * i) for i in range(depth)]
+    assert all("not (scaled) orthogonal" in str(p) and "tat_ext.init.tat_init_(model)" in str(p) for p in problems)
+    x_a, x_b = torch.randn(2, 8, width)
+    x_b = x_b - (x_a * x_b).sum(1, keepdim=True) / x_a.square().sum(1, keepdim=True) * x_a  # cosine 0
+    collapsed = measure_kernel(model, x_a, x_b, modules=[])
+    assert collapsed.output_cosine.min().item() > 0.999
+    assert collapsed.cosine_gap(slope, depth).min().item() > 0.09  # the prediction is 0.9
+
+    tat_init_(model)
+    assert check_initialization(model) == []
+    healthy = measure_kernel(model, x_a, x_b, modules=[])
+    assert abs(healthy.cosine_gap(slope, depth).mean().item()) < 0.05
+
+
+def test_check_initialization_layer_kinds():
+    torch.manual_seed(10)
+    net = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.Conv2d(8, 16, 3, padding=1, groups=4),
+        nn.ConvTranspose2d(16, 32, 3, padding=1),
+        nn.Conv1d(5, 3, 4),  # even kernel: no centre tap, tat_init_(delta=False)
+        nn.Linear(6, 12),
+        nn.Linear(1, 5),  # one column is always orthogonal: only its scale can be wrong
+    )
+    assert [p.layer for p in check_initialization(net)] == ["0", "1", "2", "3", "4", "5"]
+    for i in (0, 1, 2, 4, 5):
+        tat_init_(net[i])
+    tat_init_(net[3], delta=False)
+    assert check_initialization(net) == []
+    # A delta-initialized conv is checked through its centre tap, and flattened otherwise.
+    tat_init_(net[0], delta=False)
+    assert check_initialization(net) == []
+
+    with torch.no_grad():
+        net[4].bias[3] = 0.1
+    (problem,) = check_initialization(net)
+    assert problem.layer == "4" and "bias is not zero" in problem.problem
+
+    for i, layer in enumerate(net):
+        tat_init_(layer, gain=2.0, delta=i != 3)
+    problems = check_initialization(net)
+    assert len(problems) == 6 and all("scaled by" in p.problem for p in problems)
+    assert check_initialization(net, gain=np.float32(2.0)) == []
+
+    with torch.no_grad():
+        net[5].weight.zero_()
+    assert "is zero" in check_initialization(net, gain=2.0)[0].problem
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_check_initialization_dtypes(dtype):
+    torch.manual_seed(11)
+    net = tat_init_(nn.Sequential(nn.Linear(64, 256), nn.Conv2d(16, 8, 3)).to(dtype))
+    assert check_initialization(net) == []
+    assert len(check_initialization(nn.Sequential(nn.Linear(64, 256)).to(dtype))) == 1
+
+
+def test_check_initialization_errors():
+    with pytest.raises(TypeError, match="model"):
+        check_initialization(torch.randn(3, 3))
+    with pytest.raises(ValueError, match="rtol"):
+        check_initialization(nn.Linear(3, 3), rtol=0.0)
+    (problem,) = check_initialization(nn.Sequential(nn.LazyLinear(4)))
+    assert "lazy" in problem.problem

@@ -1,6 +1,7 @@
 """Scaled uniform orthogonal init: norm preservation checked through the real layers' ops."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,3 +172,24 @@ def test_tat_init_errors():
         tat_init_(nn.LazyLinear(4))
     with pytest.raises(TypeError, match="module"):
         tat_init_(torch.empty(3, 3))
+
+
+def test_numpy_scalars_and_argument_types():
+    # Formerly gain=np.float32(1) was rejected (and delta was never checked: delta="no" is truthy).
+    weights = [torch.empty(6, 4, 3, 3) for _ in range(2)]
+    scaled_uniform_orthogonal_(weights[0], gain=1.5, delta=True, generator=torch.Generator().manual_seed(3))
+    scaled_uniform_orthogonal_(weights[1], gain=np.float32(1.5), delta=np.bool_(True),
+                               generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)
+    net = tat_init_(nn.Sequential(nn.Linear(4, 4)), gain=np.float64(1.0), delta=np.bool_(False))
+    _assert_scaled_orthonormal(net[0].weight.detach(), 1.0)
+    for call, error, match in [
+        (lambda: scaled_uniform_orthogonal_(torch.empty(4, 4), delta="no"), TypeError, "delta must be a bool"),
+        (lambda: scaled_uniform_orthogonal_(torch.empty(4, 4), delta=1), TypeError, "delta must be a bool"),
+        (lambda: scaled_uniform_orthogonal_(torch.empty(4, 4), gain=10**400), ValueError, "gain must be finite"),
+        (lambda: scaled_uniform_orthogonal_(torch.empty(4, 4), generator=3), TypeError, "generator"),
+        (lambda: tat_init_(nn.Linear(3, 3), gain="1"), TypeError, "gain"),
+        (lambda: tat_init_(nn.Linear(3, 3), delta=None), TypeError, "delta"),
+    ]:
+        with pytest.raises(error, match=match):
+            call()

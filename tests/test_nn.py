@@ -62,7 +62,7 @@ def test_modules_without_bias_and_repr():
 
 def test_trelu_module_for_depth_uses_the_solver():
     act = TReLU.for_depth(49)
-    assert abs(act.slope - 0.4259071946) < 1e-9  # REFERENCE.md, depth 50
+    assert abs(act.slope - 0.4259071946) < 1e-9  # docs/math.md, "Published values": depth 50
     assert abs(act.scale - 1.3011191752) < 1e-9
     x = torch.randn(3, 4)
     torch.testing.assert_close(act(x), reference.trelu(x, slope=act.slope, scale=act.scale))

@@ -3,20 +3,23 @@ through the architecture by hand, and invariants of the returned torch functions
 Gauss–Legendre rule."""
 import functools
 import math
+import re
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.special import roots_legendre
 
 import tat_ext
 from tat_ext.activations import ActivationParams, TransformedActivation, activation_names
 from tat_ext.cmaps import trelu_c_map
+from tat_ext import transform
 from tat_ext.transform import get_transformed_activations, solve_dks, solve_tat, solve_trelu
 from test_cmaps import gl_expectations
 
-TOL = 1e-8  # the invariants' required accuracy (REFERENCE.md)
+TOL = 1e-8  # the invariants' required accuracy (docs/math.md, "TAT for smooth activations and DKS")
 
 
 def chain(depth):
@@ -29,7 +32,7 @@ def chain(depth):
 
 
 def rescaled_resnet(blocks, branch_depth, shortcut_weight):
-    """out = sqrt(1−w²)·residual + w·shortcut per block (REFERENCE.md); the candidate subnetworks
+    """out = sqrt(1−w²)·residual + w·shortcut per block (docs/math.md, "Architectures"); the candidate subnetworks
     are the whole net and one residual branch."""
     w2 = shortcut_weight**2
 
@@ -138,6 +141,31 @@ def test_trelu_residual_branch_more_nonlinear_than_whole_net():
     assert whole < 0.5
 
 
+def resnet_v2(blocks_per_stage, shortcut_weight, branch_depth=3):
+    """subnet_max_func of a rescaled ResNet-V2 (docs/math.md, "Architectures"): the first block of
+    each stage has a projection shortcut, which in V2 reads the pre-activated input."""
+    w2 = shortcut_weight**2
+
+    def subnet_max_func(x, r_fn):
+        x0 = x
+        for blocks in blocks_per_stage:
+            for i in range(blocks):
+                shortcut = r_fn(x) if i == 0 else x
+                x = w2 * shortcut + (1 - w2) * chain(branch_depth)(x, r_fn)
+        return max(r_fn(x), chain(branch_depth)(x0, r_fn))
+    return subnet_max_func
+
+
+def test_trelu_resnet_v2_public_check_value():
+    # The reference library's own check: ResNet-101 V2, w = 0.6, eta = 0.75 (its bisection stops
+    # within 1e-8 of eta, so its values sit ~6e-10 from the exact root).
+    params = solve_trelu(subnet_max_func=resnet_v2((3, 4, 23, 3), 0.6), eta=0.75)
+    assert params.slope == pytest.approx(0.6291800290346146, abs=2e-9)
+    assert params.scale == pytest.approx(1.196996549778802, abs=2e-9)
+    # With w = 0 a ResNet-50 is a chain of 49 nonlinear layers.
+    assert solve_trelu(subnet_max_func=resnet_v2((3, 4, 6, 3), 0.0)).slope == solve_trelu(49).slope
+
+
 def test_trelu_infeasible_subnet_states_largest_eta():
     net = rescaled_resnet(blocks=2, branch_depth=2, shortcut_weight=0.5)
     reachable = net(0.0, functools.partial(trelu_c_map, slope=0.0))
@@ -163,6 +191,7 @@ def test_trelu_infeasible_subnet_states_largest_eta():
     (dict(subnet_max_func=5), TypeError, "subnet_max_func"),
     (dict(subnet_max_func=lambda x, r: 0.95), ValueError, "linear network"),
     (dict(subnet_max_func=lambda x, r: "c"), TypeError, "float"),
+    (dict(subnet_max_func=lambda x, r: 10**400), TypeError, "subnet_max_func must return a float"),
 ])
 def test_trelu_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -362,3 +391,122 @@ def test_transformed_activation_is_a_plain_torch_function():
     fn(x).sum().backward()
     torch.testing.assert_close(fn(x), 3.0 * (torch.tanh(0.5 * x + 0.2) - 0.1))
     assert x.grad.shape == x.shape
+
+
+# --- Limits: depth and near-linear targets (docs/math.md, "Limits") -----------------------------
+
+def _longdouble_dks_excess(name, params):
+    """C'(1) − 1 of φ̂ = γ·(φ(α·z + β) + δ) with δ = −E[φ(αz+β)] (DKS), by Gauss–Legendre in long
+    double: rounding α·z + β costs ~1e-19 there instead of ~1e-16, which near the linear limit
+    decides the digits of Var g."""
+    ld = np.longdouble
+    assert np.finfo(ld).eps < 1e-18, "needs extended precision"
+    x, w = roots_legendre(600)
+    z = x.astype(ld) * ld(12)
+    weight = w.astype(ld) * ld(12) * np.exp(-z * z / 2) / np.sqrt(ld(2) * ld(np.pi))
+    arg = ld(params.input_scale) * z + ld(params.input_shift)
+    if name == "tanh":
+        g, slope = np.tanh(arg), 1 - np.tanh(arg) ** 2
+    else:  # softplus
+        g, slope = np.log1p(np.exp(arg)), 1 / (1 + np.exp(-arg))
+    g1 = ld(params.input_scale) * slope
+    centred = g - (weight * g).sum()
+    return float((weight * g1 * g1).sum() / (weight * centred * centred).sum() - 1)
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda: solve_tat("softplus", 50, tau=1e-20), "tau"),
+    (lambda: solve_dks("tanh", 50, zeta=1 + 1e-13), "zeta"),
+    (lambda: solve_tat("tanh", max_curv_func=lambda k: 1e12 * k), "tau"),
+    (lambda: solve_dks("tanh", max_slope_func=lambda s: math.exp(min(1e9 * math.log(s), 700.0))), "zeta"),
+    (lambda: get_transformed_activations(["tanh"], "TAT", tat_params={"c_curve_target": 1e-12},
+                                         max_curv_func=lambda k: 10 * k), "tat_params['c_curve_target']"),
+    (lambda: get_transformed_activations(["gelu"], "DKS", dks_params={"c_slope_1_target": 1 + 1e-10},
+                                         max_slope_func=lambda s: s ** 3), "dks_params['c_slope_1_target']"),
+])
+def test_near_linear_targets_raise_naming_the_argument(call, argument):
+    # Formerly a bare ZeroDivisionError (or a C''(1) silently 6% off target).
+    with pytest.raises(ValueError, match=re.escape(argument) + ".*below the solvable minimum|"
+                       + re.escape(argument) + ".*closer to 1 than the solvable minimum") as info:
+        call()
+    assert info.value.argument == argument
+
+
+def test_suggested_minimum_targets_are_solvable():
+    with pytest.raises(ValueError, match=r"use tau >= 7e-09"):
+        solve_tat("tanh", 7, tau=1e-12)
+    params = solve_tat("tanh", 7, tau=7e-9)
+    assert invariants_by_gl("tanh", params)["c_curv_1"] == pytest.approx(1e-9, rel=1e-6)
+    with pytest.raises(ValueError, match=r"use zeta >= 1.0000000701"):
+        solve_dks("tanh", 7, zeta=1 + 1e-12)
+    params = solve_dks("tanh", 7, zeta=1.0000000701)
+    assert _longdouble_dks_excess("tanh", params) == pytest.approx(math.expm1(math.log(1.0000000701) / 7),
+                                                                   rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tanh", "softplus", "gelu", "atan"])
+def test_tat_at_the_depth_bound(name):
+    # Per-layer C''(1) = 3e-7: the old solver found no root for tanh here.
+    params = solve_tat(name, transform.MAX_DEPTH)
+    got = invariants_by_gl(name, params)
+    assert got["c_curv_1"] == pytest.approx(0.3 / transform.MAX_DEPTH, rel=1e-6)
+    assert_invariants(name, params, q_1=1.0, q_slope_1=1.0, c_slope_1=1.0)
+
+
+@pytest.mark.parametrize("name", ["tanh", "softplus"])
+@pytest.mark.parametrize("depth", [20, transform.MAX_DEPTH])
+def test_dks_slope_excess_is_met_relatively(name, depth):
+    # C'(1) − 1 = 1.5^(1/L) − 1 is matched relative to itself, checked in long double.
+    params = solve_dks(name, depth)
+    target = math.expm1(math.log(1.5) / depth)
+    assert _longdouble_dks_excess(name, params) == pytest.approx(target, rel=1e-6)
+    assert_invariants(name, params, q_1=1.0, q_slope_1=1.0, c_val_0=0.0)
+
+
+def test_depth_bound():
+    bound = transform.MAX_DEPTH
+    for call in (lambda d: solve_trelu(d), lambda d: solve_tat("tanh", d), lambda d: solve_dks("tanh", d)):
+        with pytest.raises(ValueError, match=f"depth={bound + 1} exceeds the supported maximum of {bound}"):
+            call(bound + 1)
+        with pytest.raises(ValueError, match="exceeds the supported maximum"):
+            call(10**20)  # formerly: hung in an O(depth) loop per root-finder step
+    with pytest.raises(ValueError, match=f"more than {bound} nonlinear layers"):
+        solve_trelu(20, eta=1 - 1e-13)
+
+
+# --- Argument types (numpy scalars accepted; bad values named) -----------------------------------
+
+def test_numpy_scalars_are_accepted():
+    assert solve_trelu(np.int64(49), eta=np.float32(0.75)) == solve_trelu(49, eta=float(np.float32(0.75)))
+    assert solve_tat("tanh", np.int32(10), tau=np.float64(0.4)) == solve_tat("tanh", 10, tau=0.4)
+    assert solve_dks("tanh", np.uint8(10), zeta=np.float16(1.5), q_slope=np.float32(1.0)) == solve_dks("tanh", 10)
+    acts = get_transformed_activations(["tanh"], "TAT", tat_params={"c_curve_target": np.float32(0.5)},
+                                       max_curv_func=lambda k: 25 * k)
+    assert acts["tanh"].params == solve_tat("tanh", 25, tau=float(np.float32(0.5)))
+    params = ActivationParams(np.float32(0.5), np.float64(0.25), np.int64(1), np.float16(2.0))
+    assert all(type(v) is float for v in (params.input_scale, params.input_shift, params.output_shift,
+                                           params.output_scale))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: get_transformed_activations(["tanh"], "TAT", tat_params={"c_curve_target": "0.2"},
+                                         max_curv_func=lambda k: k), TypeError, r"tat_params\['c_curve_target'\]"),
+    (lambda: get_transformed_activations(["leaky_relu"], "TAT", tat_params={"c_val_0_target": "0.9"},
+                                         subnet_max_func=chain(20)), TypeError, r"tat_params\['c_val_0_target'\]"),
+    (lambda: get_transformed_activations(["tanh"], "DKS", dks_params={"c_slope_1_target": None},
+                                         max_slope_func=lambda s: s), TypeError, r"dks_params\['c_slope_1_target'\]"),
+    (lambda: get_transformed_activations(["tanh"], "DKS", dks_params={"local_q_slope_target": "1"},
+                                         max_slope_func=lambda s: s), TypeError, r"dks_params\['local_q_slope_target'\]"),
+    (lambda: solve_tat("tanh", 10, tau=10**400), ValueError, "tau must be finite"),
+    (lambda: solve_dks("tanh", 10, zeta=10**400), ValueError, "zeta must be finite"),
+    (lambda: solve_trelu(10, eta=np.bool_(True)), TypeError, "eta"),
+    (lambda: solve_trelu(np.float64(10)), TypeError, "depth"),
+    (lambda: solve_tat(math.tanh, 50), TypeError, "activation 'tanh' must be an elementwise torch function"),
+    (lambda: solve_dks(lambda x: x.detach().numpy(), 50), TypeError, "activation .* must map a tensor"),
+    (lambda: solve_dks(lambda x: torch.zeros_like(x), 50), TypeError, "must be differentiable by torch autograd"),
+    (lambda: ActivationParams(input_scale="1"), TypeError, "ActivationParams.input_scale"),
+    (lambda: ActivationParams(output_scale=10**400), ValueError, "ActivationParams.output_scale"),
+])
+def test_bad_argument_values_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
