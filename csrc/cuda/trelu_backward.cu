@@ -18,6 +18,7 @@
 #include <climits>
 
 #include "cuda_utils.cuh"
+#include "launch.cuh"
 #include "trelu_cuda.h"
 #include "trelu_grid.h"
 
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(kThreads)
       acc_t total = 0;
 #pragma unroll
       for (int w = 0; w < kThreads / kWarpSize; ++w) total += warp_sums[threadIdx.x][w];
-      partial[s] = total;
+      store_global(partial + s, total);
     }
   }
 }
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(kColThreads)
   if (threadIdx.y == 0 && col_ok) {
     acc_t* out = partial + int64_t{blockIdx.y} * grid.period + col * VEC;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = sums[e];
+    for (int e = 0; e < VEC; ++e) store_global(out + e, sums[e]);
   }
 }
 
@@ -220,7 +221,9 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
   __shared__ acc_t red[kReduceThreads];
   sum_over_y(red, sum);
-  if (threadIdx.y == 0 && c < channels) out[int64_t{blockIdx.y} * channels + c] = sum[0];
+  if (threadIdx.y == 0 && c < channels) {
+    store_global(out + int64_t{blockIdx.y} * channels + c, sum[0]);
+  }
 }
 
 // One launch of reduce_channel_partials: sums `count` terms per channel into `runs` values.
@@ -257,13 +260,13 @@ void launch_main(const BackwardParams<scalar_t, acc_type_of<scalar_t>>& p,
                  cudaStream_t stream) {
   if (plan.columns) {
     const ColumnGrid g = make_column_grid(p.numel, p.channels, p.inner, VEC);
-    trelu_backward_columns<scalar_t, VEC, kKind><<<g.grid, g.block, 0, stream>>>(p, g, partial);
+    launch_kernel(trelu_backward_columns<scalar_t, VEC, kKind>, g.grid, g.block, stream, p, g,
+                  partial);
   } else {
     const PlaneGrid g = make_plane_grid(p.numel, p.channels, p.inner, VEC);
-    trelu_backward_planes<scalar_t, VEC, kKind><<<g.blocks(), kThreads, 0, stream>>>(p, g,
-                                                                                    partial);
+    launch_kernel(trelu_backward_planes<scalar_t, VEC, kKind>, g.blocks(), kThreads, stream, p,
+                  g, partial);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, int VEC>
@@ -336,9 +339,9 @@ void launch_trelu_backward(const BackwardParams<scalar_t, acc_type_of<scalar_t>>
   for_each_reduce_level(plan.reduce_outer, p.channels, plan.reduce_inner,
                         [&](const ReduceLevel& l) {
                           acc_t* out = l.runs == 1 ? grad_bias : next;
-                          reduce_channel_partials<acc_t><<<l.grid, l.block, 0, stream>>>(
-                              in, p.channels, l.inner, l.count, l.span, DivMod64(l.inner), out);
-                          C10_CUDA_KERNEL_LAUNCH_CHECK();
+                          launch_kernel(reduce_channel_partials<acc_t>, l.grid, l.block, stream,
+                                        in, p.channels, l.inner, l.count, l.span,
+                                        DivMod64(l.inner), out);
                           in = out;
                           next = out + l.runs * p.channels;
                         });
