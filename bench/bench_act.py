@@ -167,6 +167,21 @@ def main(argv=None) -> int:
 
     fns = {"eager": eager_chain, "fused": fused}
     records = []
+
+    def save(complete: bool) -> None:
+        """The results so far (rewritten after each configuration: a run cut short keeps them)."""
+        if not args.json:
+            return
+        payload = dict(device=args.device, machine=machine, torch=torch.__version__,
+                       copy_ceiling_gbs=ceiling / 1e9, clone_ceiling_gbs=clone_ceiling / 1e9,
+                       command=" ".join(sys.argv), complete=complete, results=records)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.json)  # atomic: never a half-written results file
+
     for dtype in dtypes:
         for layout in layouts:
             for size in sizes:
@@ -197,14 +212,8 @@ def main(argv=None) -> int:
                           f"{rec['pct_clone_ceiling']:6.1f} "
                           f"{rec['speedup_vs_eager']:8.2f} {xc}", flush=True)
                 del x, bias
-    if args.json:
-        payload = dict(device=args.device, machine=machine, torch=torch.__version__,
-                       copy_ceiling_gbs=ceiling / 1e9, clone_ceiling_gbs=clone_ceiling / 1e9,
-                       command=" ".join(sys.argv), results=records)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, args.json)  # atomic: never a half-written results file
+                save(complete=False)
+    save(complete=True)
     return 0
 
 
