@@ -59,8 +59,8 @@ def _nvcc_home() -> str | None:
         if home and _is_toolkit_root(home):
             return home
         if home:
-            print(f"setup.py: ignoring {var}={home}: not a CUDA toolkit root (no bin/nvcc and "
-                  "lib64/libcudart.so)", file=sys.stderr)
+            print(f"setup.py: ignoring {var}={home}: not a CUDA toolkit root (one has bin/nvcc "
+                  "and lib64/libcudart.so)", file=sys.stderr)
     if _is_toolkit_root("/usr/local/cuda"):
         return "/usr/local/cuda"
     nvcc = shutil.which("nvcc")
