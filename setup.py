@@ -18,6 +18,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -28,16 +29,48 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "9.0+PTX"
 
 
+def _is_toolkit_root(path: str) -> bool:
+    """A CUDA toolkit root has nvcc AND the runtime library the extension links against (a
+    prefix that only holds an nvcc wrapper script, e.g. /usr/local, does not)."""
+    libs = ("lib64/libcudart.so", "lib/libcudart.so", "targets/*/lib/libcudart.so")
+    return os.path.exists(os.path.join(path, "bin", "nvcc")) and any(
+        glob.glob(os.path.join(path, lib)) for lib in libs)
+
+
+def _nvcc_reported_root(nvcc: str) -> str | None:
+    """The toolkit root as nvcc itself reports it (sees through wrapper scripts)."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("#$ _HERE_="):  # the directory of the real nvcc binary
+            return os.path.dirname(line.split("=", 1)[1].strip())
+    return None
+
+
 def _nvcc_home() -> str | None:
-    """The CUDA toolkit root, from CUDA_HOME or the nvcc on PATH (resolving wrapper scripts)."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return home
-    for candidate in ("/usr/local/cuda",):
-        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
-            return candidate
+    """The CUDA toolkit root: CUDA_HOME (or CUDA_PATH) if it is one, else /usr/local/cuda, else
+    the root of the nvcc on PATH. The single rule of this project (bench/gpu_check.sh and
+    scripts/setup_env.sh leave it to this function)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home and _is_toolkit_root(home):
+            return home
+        if home:
+            print(f"setup.py: ignoring {var}={home}: not a CUDA toolkit root (one has bin/nvcc "
+                  "and lib64/libcudart.so)", file=sys.stderr)
+    if _is_toolkit_root("/usr/local/cuda"):
+        return "/usr/local/cuda"
     nvcc = shutil.which("nvcc")
-    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+    if nvcc is None:
+        return None
+    for root in (os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
+                 _nvcc_reported_root(nvcc)):
+        if root and _is_toolkit_root(root):
+            return root
+    return None
 
 
 def _want_cuda() -> bool:
@@ -51,12 +84,14 @@ def _want_cuda() -> bool:
         if torch.version.cuda is None:
             raise SystemExit("TAT_EXT_CUDA=1 but the installed torch is a CPU-only build")
         if home is None:
-            raise SystemExit("TAT_EXT_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+            raise SystemExit("TAT_EXT_CUDA=1 but no CUDA toolkit was found (nvcc and "
+                             "lib64/libcudart.so; set CUDA_HOME to its root)")
     if torch.version.cuda is None or home is None:
         return False
     # torch.utils.cpp_extension reads CUDA_HOME at import time and may have guessed a wrong
     # root (e.g. /usr/local for a wrapper script at /usr/local/bin/nvcc): point it at the real one.
     os.environ["CUDA_HOME"] = home
+    print(f"setup.py: CUDA kernels with the toolkit at {home}", file=sys.stderr)
     import torch.utils.cpp_extension as cpp_ext
 
     cpp_ext.CUDA_HOME = home

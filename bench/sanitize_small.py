@@ -1,13 +1,14 @@
-"""A small forward+backward over every CUDA launch path, for compute-sanitizer (memcheck/racecheck).
+"""A small forward+backward over every CUDA launch path, for compute-sanitizer.
 
 Few elements, but shapes that reach the plane grid (several segments, planes not a multiple of the
 vector width, misaligned), the flat grid (channels_last, small inner, masks across planes), the
-column grid (backward), the scalar fallback, zero-size and bias-free tensors; every dtype and save
-mode, with and without a bias gradient. Results are also checked against the CPU kernels, so a
-clean sanitizer run is a correct run too.
+column grid (backward; two second-stage levels of the bias reduction), the scalar fallback
+(misaligned x and grad_y), zero-size and bias-free tensors; every dtype and save mode, with and
+without a bias gradient. Results are also checked against the CPU kernels, so a clean sanitizer
+run is a correct run too.
 
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 bench/sanitize_small.py
-  compute-sanitizer --tool racecheck python3 bench/sanitize_small.py --dtypes float32,bfloat16
+  (likewise --tool initcheck; racecheck with --dtypes float32,bfloat16)
 
 (without the caching allocator every tensor is its own allocation, so an access past a tensor's
 end is caught rather than landing in a neighbour's memory.)
@@ -32,12 +33,13 @@ CASES = [
     ((4, 6, 7), 1, "contiguous", True),  # small inner
     ((3, 1000), 1, "contiguous", True),  # Linear-like, inner == 1
     ((5, 77), 1, "contiguous", False),  # no bias: one flat plane
+    ((32, 64, 17, 17), 1, "channels_last", True),  # fp32: two levels of the bias reduction
     ((0, 3, 4), 1, "contiguous", True),  # zero-size
 ]
 
 
-def make(shape, memory, dtype, device):
-    g = torch.Generator().manual_seed(0)
+def make(shape, memory, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
     n = 1
     for s in shape:
         n *= s
@@ -56,8 +58,7 @@ def run(x, bias, grad, save, slope, scale, out_shift, channel_dim):
     y = tat_ext.trelu(x, b, slope=slope, scale=scale, out_shift=out_shift,
                       channel_dim=channel_dim, save=save)
     inputs = (x,) if b is None else (x, b)
-    grads = torch.autograd.grad(y, inputs, grad) if y.numel() else ()
-    return (y,) + tuple(grads)
+    return (y,) + tuple(torch.autograd.grad(y, inputs, grad))
 
 
 def main() -> int:
@@ -70,7 +71,7 @@ def main() -> int:
         for dtype in dtypes:
             x = make(shape, memory, dtype, "cuda")
             bias = torch.randn(shape[cd], device="cuda") if has_bias else None
-            grad = torch.randn(shape, device="cuda").to(dtype)
+            grad = make(shape, memory, dtype, "cuda", seed=1)  # "offset": misaligned too
             for save in ("input", "output", "mask"):
                 out_shift = 0.1 if save == "mask" else 0.0
                 got = run(x, bias, grad, save, 0.2, 1.3, out_shift, cd)

@@ -18,13 +18,8 @@ py="$venv/bin/python"
 echo "== installing dependencies"
 "$py" -m pip install -q --disable-pip-version-check -r requirements.txt
 
-# torch's guess of the CUDA root is wrong when nvcc is a wrapper script (BUILD_NOTES.md).
-if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
-  export CUDA_HOME=/usr/local/cuda
-fi
-if [ -n "${CUDA_HOME:-}" ]; then
-  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0+PTX}"
-fi
+# setup.py finds the CUDA toolkit (one rule, _nvcc_home: it also sees through an nvcc wrapper
+# script) and defaults TORCH_CUDA_ARCH_LIST to 9.0+PTX.
 echo "== building tat_ext (TAT_EXT_CUDA=${TAT_EXT_CUDA:-auto})"
 # One build at a time in this checkout: concurrent builds would overwrite each other's objects.
 flock .build.lock "$py" -m pip install -q --disable-pip-version-check --no-build-isolation -e .

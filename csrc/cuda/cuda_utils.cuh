@@ -1,6 +1,9 @@
 // Device helpers shared by the trelu CUDA kernels: 16-byte packs with an edge-safe scalar path,
 // uncontracted arithmetic for the shared math header, 64-bit division by launch constants,
 // deterministic warp sums and warp-level packing of mask bits.
+//
+// Also compiled by a host C++ compiler in the CPU execution harness (tests/cuda_emu), whose
+// cuda_runtime.h supplies the CUDA built-ins.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,6 +26,16 @@ template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
+
+// Every store of the kernels to global memory. The CPU harness defines TAT_EMU_NOTE_STORE to
+// count the writes of each output element, mask word and workspace slot (each must be exactly 1).
+template <typename T>
+__device__ __forceinline__ void store_global(T* p, const T& v) {
+#ifdef TAT_EMU_NOTE_STORE
+  TAT_EMU_NOTE_STORE(p, sizeof(T));
+#endif
+  *p = v;
+}
 
 // Whether every multiple of `vec` elements from p can be accessed as one Pack.
 template <typename T>
@@ -53,11 +66,11 @@ __device__ __forceinline__ void store_slot(T* __restrict__ p, int64_t i, int64_t
     Pack<T, VEC> pk;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) pk.v[e] = v[e];
-    *reinterpret_cast<Pack<T, VEC>*>(p + i) = pk;
+    store_global(reinterpret_cast<Pack<T, VEC>*>(p + i), pk);
   } else {
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
-      if (i + e >= lo && i + e < hi) p[i + e] = v[e];
+      if (i + e >= lo && i + e < hi) store_global(p + i + e, v[e]);
     }
   }
 }

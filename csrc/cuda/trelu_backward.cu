@@ -9,6 +9,18 @@
 //    a thread owns VEC adjacent columns (vectorized along C for channels_last), walks down a
 //    block's rows summing per column, and the block folds its threadIdx.y partials; workspace
 //    [row blocks, C, inner].
+//
+// Accuracy of grad_bias: each dL/dz term reaches grad_bias through a fixed tree of acc_t
+// additions, so |error| <= D * u * sum |dz| (u = 2^-24 for fp32; to first order), where D bounds
+// the additions on any term's path:
+//  - plane grid: a thread's VEC terms, 5 warp levels, 4 warps: D1 <= VEC + 8;
+//  - column grid: a thread's walk down W rows is blocked (kUnroll * kIterationsPerFold = 16 rows
+//    in registers, kFoldsPerTier = 32 such blocks in one shared slot, the rest in another), then
+//    <= 8 tree levels over threadIdx.y: D1 <= 16 + 32 + W / 512 + 2 + 8;
+//  - each second-stage level: kReduceTermsPerThread = 16 terms per thread in order, then <= 8
+//    tree levels: <= 24 per level, ceil(log(partials per channel) / log(128)) levels or fewer.
+// E.g. 715M fp32 elements per channel, channels_last with C = 64 (W ~ 21800, 2 levels):
+// D <= 104 + 48 = 152, where a serial sum down the channel would allow 7e8 (and drift ~1e-4).
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
@@ -18,6 +30,7 @@
 #include <climits>
 
 #include "cuda_utils.cuh"
+#include "launch.cuh"
 #include "trelu_cuda.h"
 #include "trelu_grid.h"
 
@@ -25,9 +38,16 @@ namespace tat_ext::cuda {
 namespace {
 
 constexpr int kColThreads = 256;         // threads per block of the column grid
+// Column blocks per SM at least: caps the column kernel at 128 registers per thread (the
+// 16-bit dtypes with save="input" would take ~150 and halve the occupancy).
+constexpr int kColMinBlocksPerSm = 2;
 constexpr int64_t kColTargetBlocks = 2048;  // enough blocks for every SM of an H100/H200
 // Rows per column block at least: bounds the workspace at 1/kMinRows of grad_y's elements.
 constexpr int64_t kMinRows = 32;
+// A column thread adds its running sums into its shared-memory slot every kIterationsPerFold
+// iterations of kUnroll rows, and that slot into a second one every kFoldsPerTier times.
+constexpr int kIterationsPerFold = 4;
+constexpr int kFoldsPerTier = 32;
 constexpr int kReduceThreads = 256;
 constexpr int64_t kReduceTermsPerThread = 16;  // per level of the second stage
 
@@ -119,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
       acc_t total = 0;
 #pragma unroll
       for (int w = 0; w < kThreads / kWarpSize; ++w) total += warp_sums[threadIdx.x][w];
-      partial[s] = total;
+      store_global(partial + s, total);
     }
   }
 }
@@ -155,7 +175,7 @@ ColumnGrid make_column_grid(int64_t numel, int64_t channels, int64_t inner, int 
 }
 
 template <typename scalar_t, int VEC, SaveKind kKind>
-__global__ void __launch_bounds__(kColThreads)
+__global__ void __launch_bounds__(kColThreads, kColMinBlocksPerSm)
     trelu_backward_columns(BackwardParams<scalar_t, acc_type_of<scalar_t>> p, ColumnGrid grid,
                            acc_type_of<scalar_t>* __restrict__ partial) {
   using acc_t = acc_type_of<scalar_t>;
@@ -175,7 +195,15 @@ __global__ void __launch_bounds__(kColThreads)
   const int64_t r_begin = int64_t{blockIdx.y} * grid.rows_per_block;
   const int64_t r_end =
       r_begin + grid.rows_per_block < grid.rows ? r_begin + grid.rows_per_block : grid.rows;
+  // Blocked sums down the columns (the bound at the top of the file): in registers, then in
+  // this thread's slots of tier1 and tier2 (shared memory: registers set the occupancy).
+  __shared__ acc_t tier1[kColThreads * VEC], tier2[kColThreads * VEC];
+  acc_t* const t1 = tier1 + (threadIdx.y * blockDim.x + threadIdx.x) * VEC;
+  acc_t* const t2 = tier2 + (threadIdx.y * blockDim.x + threadIdx.x) * VEC;
   acc_t sums[VEC] = {};
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) t1[e] = t2[e] = 0;
+  unsigned iterations = 0;
   for (int64_t r = r_begin + threadIdx.y; r < r_end; r += kUnroll * blockDim.y) {
     BackwardSlots<scalar_t, VEC, kKind> slots;
     Segment seg[kUnroll];
@@ -187,14 +215,23 @@ __global__ void __launch_bounds__(kColThreads)
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) slots.compute_store(p, u, seg[u], b, sums);
+    if (++iterations % kIterationsPerFold == 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) t1[e] += sums[e], sums[e] = 0;
+      if (iterations % (kIterationsPerFold * kFoldsPerTier) == 0) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) t2[e] += t1[e], t1[e] = 0;
+      }
+    }
   }
   if (!p.bias_grad) return;  // uniform over the grid
-  __shared__ acc_t red[kColThreads * VEC];
-  sum_over_y(red, sums);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) sums[e] = t2[e] + (t1[e] + sums[e]);
+  sum_over_y(tier1, sums);  // tier1 is free again: the block's tree sum uses it
   if (threadIdx.y == 0 && col_ok) {
     acc_t* out = partial + int64_t{blockIdx.y} * grid.period + col * VEC;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = sums[e];
+    for (int e = 0; e < VEC; ++e) store_global(out + e, sums[e]);
   }
 }
 
@@ -220,7 +257,9 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
   __shared__ acc_t red[kReduceThreads];
   sum_over_y(red, sum);
-  if (threadIdx.y == 0 && c < channels) out[int64_t{blockIdx.y} * channels + c] = sum[0];
+  if (threadIdx.y == 0 && c < channels) {
+    store_global(out + int64_t{blockIdx.y} * channels + c, sum[0]);
+  }
 }
 
 // One launch of reduce_channel_partials: sums `count` terms per channel into `runs` values.
@@ -257,13 +296,13 @@ void launch_main(const BackwardParams<scalar_t, acc_type_of<scalar_t>>& p,
                  cudaStream_t stream) {
   if (plan.columns) {
     const ColumnGrid g = make_column_grid(p.numel, p.channels, p.inner, VEC);
-    trelu_backward_columns<scalar_t, VEC, kKind><<<g.grid, g.block, 0, stream>>>(p, g, partial);
+    launch_kernel(trelu_backward_columns<scalar_t, VEC, kKind>, g.grid, g.block, stream, p, g,
+                  partial);
   } else {
     const PlaneGrid g = make_plane_grid(p.numel, p.channels, p.inner, VEC);
-    trelu_backward_planes<scalar_t, VEC, kKind><<<g.blocks(), kThreads, 0, stream>>>(p, g,
-                                                                                    partial);
+    launch_kernel(trelu_backward_planes<scalar_t, VEC, kKind>, g.blocks(), kThreads, stream, p,
+                  g, partial);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, int VEC>
@@ -336,9 +375,9 @@ void launch_trelu_backward(const BackwardParams<scalar_t, acc_type_of<scalar_t>>
   for_each_reduce_level(plan.reduce_outer, p.channels, plan.reduce_inner,
                         [&](const ReduceLevel& l) {
                           acc_t* out = l.runs == 1 ? grad_bias : next;
-                          reduce_channel_partials<acc_t><<<l.grid, l.block, 0, stream>>>(
-                              in, p.channels, l.inner, l.count, l.span, DivMod64(l.inner), out);
-                          C10_CUDA_KERNEL_LAUNCH_CHECK();
+                          launch_kernel(reduce_channel_partials<acc_t>, l.grid, l.block, stream,
+                                        in, p.channels, l.inner, l.count, l.span,
+                                        DivMod64(l.inner), out);
                           in = out;
                           next = out + l.runs * p.channels;
                         });

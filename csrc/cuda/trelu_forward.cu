@@ -13,7 +13,6 @@
 //    (channel = i % C along the fastest dimension for channels_last).
 // Mask words are built per warp from 32 * VEC consecutive elements, and every block's range
 // starts and ends on a word boundary, so each word has exactly one writer and no atomics.
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
@@ -21,6 +20,7 @@
 #include <climits>
 
 #include "cuda_utils.cuh"
+#include "launch.cuh"
 #include "trelu_cuda.h"
 #include "trelu_grid.h"
 
@@ -59,7 +59,9 @@ struct ForwardSlots {
       const int lane = threadIdx.x % kWarpSize;
       const uint32_t word = warp_pack_bits<VEC>(bits, lane);
       // A word's first slot is active whenever any of its slots is (ranges are prefixes).
-      if (s.active && lane % (kWarpSize / VEC) == 0) p.mask[i / kMaskWordBits] = word;
+      if (s.active && lane % (kWarpSize / VEC) == 0) {
+        store_global(p.mask + i / kMaskWordBits, word);
+      }
     }
   }
 };
@@ -129,14 +131,12 @@ void launch(const ForwardParams<scalar_t, acc_type_of<scalar_t>>& p, cudaStream_
       p.mask == nullptr || p.channels == 1 || p.inner % kMaskWordBits == 0;
   if (use_planes(p.channels, p.inner, VEC) && mask_fits_planes) {
     const PlaneGrid g = make_plane_grid(p.numel, p.channels, p.inner, VEC);
-    trelu_forward_planes<scalar_t, VEC><<<g.blocks(), kThreads, 0, stream>>>(p, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(trelu_forward_planes<scalar_t, VEC>, g.blocks(), kThreads, stream, p, g);
   } else {
     const int64_t blocks = ceil_div(ceil_div(p.numel, VEC), kUnroll * kThreads);
     TORCH_CHECK(blocks <= INT_MAX, "trelu_forward (CUDA): tensor too large for one launch");
-    trelu_forward_flat<scalar_t, VEC><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        p, DivMod64(p.inner), DivMod64(p.channels));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(trelu_forward_flat<scalar_t, VEC>, static_cast<unsigned>(blocks), kThreads,
+                  stream, p, DivMod64(p.inner), DivMod64(p.channels));
   }
 }
 
