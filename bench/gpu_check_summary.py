@@ -92,6 +92,21 @@ def bench_lines(text: str) -> list[str]:
         lines.append(f"| {r['form']} | {r['dtype']} | {r['layout']} | {mb:.0f} | "
                      f"{fused['fwd']['median_ms']:.3f} | {pct['fwd']:.1f} | {pct['bwd']:.1f} | "
                      f"{fmt(x_eager, '.2f')} | {fmt(x_compile, '.2f')} | {goal} |")
+    if bench.get("overhead"):
+        import torch  # noqa: F401  (tat_ext needs it; imported only when there is something)
+        from tat_ext.tools import overhead
+
+        lines += ["", "Fixed cost per call (us, host clock; goals: fused fwd+bwd <= 1.0x eager, "
+                  "fused forward <= F.leaky_relu + 3 us, <= 25 us host time per fused fwd+bwd):",
+                  "", "| elements | fwd leaky | fwd fused | f+b eager | f+b fused | goals |",
+                  "|---|---|---|---|---|---|"]
+        for r in bench["overhead"]:
+            v = r["variants"]
+            missed = overhead.goals(r, torch.device("cuda"))
+            lines.append(f"| {r['elements']} | {v['leaky_relu']['fwd_us']:.1f} | "
+                         f"{v['fused']['fwd_us']:.1f} | {v['eager']['fwdbwd_us']:.1f} | "
+                         f"{v['fused']['fwdbwd_us']:.1f} | "
+                         f"{'met' if not missed else 'MISSED: ' + '; '.join(missed)} |")
     for m in bench.get("model", []):
         step = {k: v["step"]["median_ms"] for k, v in m["variants"].items()}
         lines.append(f"\nmodel {m['model']} depth {m['depth']} ({m['dtype']}, {m['layout']}): step "

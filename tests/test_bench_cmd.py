@@ -82,7 +82,8 @@ def test_time_budget_skips_the_rest_and_keeps_valid_json(tmp_path, capsys):
     assert code == 0
     doc = json.loads((out / "bench.json").read_text())
     assert doc["complete"] is False and doc["activation"] == [] and doc["model"] == []
-    assert doc["skipped"] == ["model conv-chain float32 nchw", "activation trelu float32 nchw 2K",
+    assert doc["skipped"] == ["model conv-chain float32 nchw", "overhead 256", "overhead 2K",
+                              "overhead 8K", "activation trelu float32 nchw 2K",
                               "activation trelu float32 nchw 64K"]
     assert "skipped (time budget)" in capsys.readouterr().out
 
@@ -133,3 +134,19 @@ def test_runs_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
     assert "plots skipped" in capsys.readouterr().out
     assert json.loads((out / "bench.json").read_text())["activation"]
     assert not (out / "activation_gbs.png").exists()
+
+
+def test_overhead_part(tmp_path, capsys):
+    code, out = _bench(tmp_path, "--part", "overhead")
+    assert code == 0
+    assert "## fixed cost per call" in capsys.readouterr().out
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["activation"] == [] and doc["model"] == []
+    assert [r["elements"] for r in doc["overhead"]] == [256, 2048, 8192]
+    for r in doc["overhead"]:
+        assert set(r["variants"]) == {"leaky_relu", "eager", "fused"}
+        for v in r["variants"].values():
+            assert 0 < v["fwd_us"] < v["fwdbwd_us"]
+        assert r["fused_fwdbwd_vs_eager"] > 0
+        assert r["fused_fwd_extra_us"] == pytest.approx(
+            r["variants"]["fused"]["fwd_us"] - r["variants"]["leaky_relu"]["fwd_us"])

@@ -40,7 +40,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from tat_ext.tools import workloads
+from tat_ext.tools import overhead, workloads
 from tat_ext.tools.common import (DTYPE_NAMES, Report, UsageError, describe_device, environment,
                                   format_table, human_count, parse_dtype, prepare_output_dir,
                                   progress_bar, require_extension, resolve_device, set_threads,
@@ -52,7 +52,8 @@ __all__ = ["add_arguments", "main", "PRESETS"]
 
 ACTIVATION_VARIANTS = ("eager", "compile", "fused")
 MODEL_VARIANTS = ("eager", "compile", "fused", "fused-compile")
-PARTS = ("activation", "model")
+PARTS = ("activation", "model", "overhead")
+OVERHEAD_SIZES = (256, 2048, 8192)  # elements: where a call's fixed cost dominates
 _BACK_TO_BACK_CALLS = 100
 _BACK_TO_BACK_MAX_ELEMENTS = 1 << 20
 
@@ -76,8 +77,9 @@ PRESETS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="quick or gpu (see above)")
-    parser.add_argument("--part", default="activation,model",
-                        help="activation, model, or both (default)")
+    parser.add_argument("--part", default="activation,model,overhead",
+                        help="comma-separated: activation, model, overhead (fixed cost per call "
+                             "on 256-8K elements); default all three")
     parser.add_argument("--sizes", help="activation sizes in elements, e.g. 2K,8K,1M,64M "
                                         "(K, M, G = 1024^1,2,3; default depends on the device)")
     parser.add_argument("--dtype", help="comma-separated: float32, bfloat16, float16, float64 "
@@ -219,7 +221,7 @@ class _Results:
         self.doc = {"tool": "tat-ext bench", "command": command,
                     "environment": environment([s.device]), "device": describe_device(s.device),
                     "settings": s.to_json(), "allocator_env": _malloc_env(), "complete": False,
-                    "activation": [], "model": [], "skipped": []}
+                    "activation": [], "model": [], "overhead": [], "skipped": []}
         self.save()
 
     def save(self) -> None:
@@ -400,6 +402,20 @@ def activation_memory_table(records: List[dict]) -> str:
                         right=[False, False, True, False, True, True, True, True])
 
 
+def overhead_table(records: List[dict], device: torch.device) -> str:
+    rows = []
+    for r in records:
+        v = r["variants"]
+        missed = overhead.goals(r, device)
+        rows.append([human_count(r["elements"]), *(f"{v[k]['fwd_us']:.2f}" for k in
+                     overhead.VARIANTS), f"{r['fused_fwd_extra_us']:+.2f}",
+                     *(f"{v[k]['fwdbwd_us']:.1f}" for k in overhead.VARIANTS),
+                     f"{r['fused_fwdbwd_vs_eager']:.2f}", "met" if not missed else
+                     "MISSED: " + "; ".join(missed)])
+    return format_table(["size", "fwd leaky", "fwd eager", "fwd fused", "fused-leaky",
+                         "f+b leaky", "f+b eager", "f+b fused", "fused/eager", "goals"], rows)
+
+
 def model_table(records: List[dict]) -> str:
     rows = []
     for r in records:
@@ -435,14 +451,17 @@ def main(args: argparse.Namespace) -> int:
     configs = []  # the training step first: a time budget should cut activation sizes instead
     if "model" in s.parts:
         configs += [("model", None, d, l, None) for d in s.model_dtypes for l in s.model_layouts]
+    if "overhead" in s.parts:
+        configs += [("overhead", None, torch.float32, "-", n) for n in OVERHEAD_SIZES]
     if "activation" in s.parts:
         configs += [("activation", form, d, l, n) for form in s.forms for d in s.dtypes
                     for l in s.layouts for n in s.sizes]
     start = time.perf_counter()
     with progress_bar(len(configs), "bench", "config", enabled=s.progress) as bar:
         for part, form, dtype, layout, size in configs:
-            what = f"{part} {form or s.spec.name} {_name(dtype)} {layout}" + (
-                f" {human_count(size)}" if size else "")
+            what = (f"overhead {human_count(size)}" if part == "overhead" else
+                    f"{part} {form or s.spec.name} {_name(dtype)} {layout}" + (
+                        f" {human_count(size)}" if size else ""))
             if s.time_budget is not None and time.perf_counter() - start > s.time_budget:
                 results.doc["skipped"].append(what)
                 bar.update()
@@ -452,6 +471,8 @@ def main(args: argparse.Namespace) -> int:
                 if part == "activation":
                     results.doc["activation"].append(
                         _measure_activation(s, timer, form, dtype, layout, size))
+                elif part == "overhead":
+                    results.doc["overhead"].append(overhead.measure(s.device, size, dtype))
                 else:
                     results.doc["model"].append(_measure_model(s, timer, dtype, layout))
             except torch.OutOfMemoryError:
@@ -499,6 +520,12 @@ def _print_report(doc: dict, say) -> None:
             if not r["losses_agree"]:
                 say(f"WARNING: first-step losses differ between variants ({r['dtype']}, "
                     f"{r['layout']}): the variants do not compute the same function")
+    if doc["overhead"]:
+        say()
+        say("## fixed cost per call on tiny tensors (us, host clock, best of 7 batches of calls "
+            "issued back to back; inputs require grad): F.leaky_relu alone, the eager "
+            "composition scale * leaky_relu(x + b), and tat_ext.trelu")
+        say(overhead_table(doc["overhead"], torch.device(doc["settings"]["device"])))
     if doc["skipped"]:
         say()
         say(f"skipped (time budget): {'; '.join(doc['skipped'])}")
