@@ -13,7 +13,7 @@ from torch.autograd import forward_ad
 
 import tat_ext
 from tat_ext import _extension, reference
-from tat_ext.nn import TATConv2d
+from tat_ext.nn import TATConv2d, TReLU
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
 
@@ -157,13 +157,30 @@ def test_compile_fullgraph_with_changing_shapes_and_constants(save, dynamic):
                      atol=1e-5)
 
 
-def test_compiled_module_has_no_graph_break():
+def test_compiled_modules_have_no_graph_break_with_dynamic_shapes_and_changing_constants():
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(TATConv2d(3, 4, 3, padding=1, slope=0.2),
-                              TATConv2d(4, 4, 3, padding=1, slope=0.2, out_shift=0.1))
+                              TATConv2d(4, 4, 3, padding=1, slope=0.2, out_shift=0.1),
+                              TReLU(0.3))
     explanation = torch._dynamo.explain(net)(torch.randn(2, 3, 6, 6))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+    def unfused(x):  # the same network from the reference
+        for m in net:
+            if isinstance(m, TATConv2d):
+                x = reference.trelu(m._conv_forward(x, m.weight, None), m.bias, slope=m.slope,
+                                    scale=m.scale, out_shift=m.out_shift)
+            else:
+                x = reference.trelu(x, slope=m.slope, scale=m.scale)
+        return x
+
+    compiled = torch.compile(net, fullgraph=True, dynamic=True)
+    for size, slope in [(6, 0.2), (9, 0.2), (7, 0.35)]:
+        for m in net:
+            m.slope = slope
+        x = torch.randn(2, 3, size, size)
+        torch.testing.assert_close(compiled(x), unfused(x))
 
 
 @pytest.mark.parametrize("save", SAVES)
@@ -194,3 +211,14 @@ def test_checkpointing(save, reentrant):
         y.sum().backward()  # the reentrant variant works with .backward() only
         return x.grad, b.grad
     _assert_same(*_both(run))
+
+
+def test_compiled_autograd_raises_instead_of_guessing():
+    """torch._dynamo.compiled_autograd (experimental) needs hooks the op's graph nodes do not
+    provide: a clear error, never a silently different gradient. (torch.compile of a whole
+    training step traces the backward through AOTAutograd instead, and works.)"""
+    x, b = (t.requires_grad_() for t in _inputs())
+    loss = tat_ext.trelu(x, b, slope=0.1).sum()
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+        with pytest.raises(NotImplementedError, match="compiled_args not implemented: TreluBackward"):
+            loss.backward()
