@@ -3,6 +3,8 @@
 Subcommands:
     solve   activation parameters for a plain chain: the TReLU slope (default), or TAT/DKS for
             any registered activation, with the kernel-map invariants they reach.
+    train   train a model (tat_ext.train); also under torchrun.
+    compare the main job: one deep vanilla net trained with TAT and with EOC ReLU, side by side.
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tat-ext", description="Tailored Activation Transformation tools.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_solve(commands)
+    _add_train(commands)
+    _add_compare(commands)
     return parser
 
 
@@ -220,6 +224,63 @@ def _print_smooth(args: argparse.Namespace, depth: int, params: ActivationParams
     print(f"network ({depth} layers):")
     for label, value in (("C_f(0)", c), ("C_f'(1)", slope), ("C_f''(1)", curv)):
         print(f"  {label:<8} = {value: .12g}")
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from tat_ext.train.config import add_arguments
+
+    train = commands.add_parser(
+        "train", help="train a model (progress, metrics, plots, checkpoints, --resume; torchrun-aware)",
+        description="Train a model on the embedded digits, CIFAR-10 or synthetic data. Under "
+                    "`torchrun --nproc_per_node=N -m tat_ext train ...` it trains with DistributedDataParallel.")
+    add_arguments(train)
+    train.set_defaults(handler=_run_train, parser=train)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    from tat_ext.train.compare import COMPARE_DEFAULTS
+    from tat_ext.train.config import add_arguments
+
+    compare = commands.add_parser(
+        "compare", help="the same deep vanilla net trained with TAT and with EOC ReLU, side by side",
+        description="Train one vanilla network twice, with TAT's TReLU and with Edge-of-Chaos ReLU "
+                    "(same seed, data and settings), and print both test accuracies. With --out, the "
+                    "runs go to OUT/trelu and OUT/relu.")
+    add_arguments(compare, defaults=COMPARE_DEFAULTS, exclude=("activation", "eta", "resume"))
+    compare.set_defaults(handler=_run_compare, parser=compare)
+
+
+def _train_error(command: str, error: Exception) -> int:
+    """A user mistake in a training run: one line on stderr (once under torchrun), status 2."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"tat-ext {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tat_ext.train import TrainError, train
+    from tat_ext.train.config import from_args
+
+    try:
+        result = train(from_args(args))
+    except TrainError as error:
+        return _train_error("train", error)
+    return 130 if result.interrupted else 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tat_ext.train import TrainError
+    from tat_ext.train.compare import compare, format_table
+    from tat_ext.train.config import from_args
+
+    try:
+        results = compare(from_args(args))
+    except TrainError as error:
+        return _train_error("compare", error)
+    print("\n" + format_table(results))
+    return 130 if results[-1].interrupted else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
