@@ -250,23 +250,29 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=_run_compare, parser=compare)
 
 
-def _train_error(command: str, error: Exception) -> int:
-    """A user mistake in a training run: one line on stderr (once under torchrun), status 2."""
+def _train_error(command: str, error: Exception, status: int = 2) -> int:
+    """A user mistake in a training run (status 2), or a diverged run (1): one line on stderr,
+    once under torchrun."""
     import os
 
     if os.environ.get("RANK", "0") == "0":
         print(f"tat-ext {command}: error: {error}", file=sys.stderr)
-    return 2
+    return status
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from tat_ext.train import TrainError, train
+    from tat_ext.train import Diverged, TrainError, train
     from tat_ext.train.config import from_args
 
     try:
         result = train(from_args(args))
     except TrainError as error:
         return _train_error("train", error)
+    except Diverged as error:
+        return _train_error("train", error, status=1)
+    except KeyboardInterrupt:  # during setup, or a second Ctrl-C: nothing (more) to save
+        print("tat-ext train: interrupted", file=sys.stderr)
+        return 130
     return 130 if result.interrupted else 0
 
 
@@ -275,12 +281,16 @@ def _run_compare(args: argparse.Namespace) -> int:
     from tat_ext.train.compare import compare, format_table
     from tat_ext.train.config import from_args
 
+    config = from_args(args)
     try:
-        results = compare(from_args(args))
+        outcomes = compare(config)
     except TrainError as error:
         return _train_error("compare", error)
-    print("\n" + format_table(results))
-    return 130 if results[-1].interrupted else 0
+    except KeyboardInterrupt:
+        print("tat-ext compare: interrupted", file=sys.stderr)
+        return 130
+    print("\n" + format_table(config, outcomes))
+    return 130 if getattr(outcomes[-1][1], "interrupted", False) else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,6 +16,15 @@ from tat_ext.train.checkpoint import FORMAT
 from tat_ext.train.files import atomic_write
 from tat_ext.train.metrics import METRIC_KEYS
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only adds synchronization (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small vanilla TAT MLP on the digits: 13 nonlinear layers is the least that reaches eta = 0.9.
 TINY = ["--model", "vanilla_mlp", "--depth", "13", "--width", "16", "--seed", "3"]
@@ -70,7 +79,7 @@ def test_train_writes_well_formed_run_files(tmp_path, capsys):
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
     act = config["resolved"]["activation"]
-    assert config["config"]["depth"] == 13 and config["config"]["lr"] == 1e-3
+    assert config["config"]["depth"] == 13 and config["config"]["lr"] == 3e-4
     assert act["slope"] == result.model.activation.slope and act["scale"] == result.model.activation.scale
     with open(os.path.join(out, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -275,7 +284,7 @@ def test_resume_with_other_settings_is_refused(finished_run, capsys):
     before = _snapshot(finished_run)
     status, err = _run_main(["--model", "vanilla_mlp", "--depth", "13", "--width", "8", "--epochs", "1",
                              "--lr", "0.01", "--out", finished_run, "--resume"], capsys)
-    assert status == 2 and "--lr 0.001 -> 0.01" in err and err.count("\n") == 1
+    assert status == 2 and "--lr 0.0003 -> 0.01" in err and err.count("\n") == 1
     assert _snapshot(finished_run) == before
 
 
@@ -297,3 +306,20 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys):
     status, err = _run_main(TINY + ["--out", str(tmp_path / "empty"), "--resume"], capsys)
     assert status == 2 and "holds no run to continue" in err
     assert not os.path.exists(tmp_path / "empty")
+
+
+def test_divergence_is_reported_not_trained_on(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    status, err = _run_main(TINY + ["--optimizer", "sgd", "--lr", "1e4", "--epochs", "2", "--out", out], capsys)
+    assert status == 1 and "training diverged in epoch 1" in err and "--lr" in err and err.count("\n") == 1
+    assert not os.path.exists(os.path.join(out, "checkpoint.pt"))  # the diverged state is not saved
+
+
+def test_compare_reports_both_runs(capsys):
+    from tat_ext.train.compare import compare, format_table
+
+    base = TrainConfig(model="vanilla_mlp", depth=13, width=8, epochs=1)
+    outcomes = compare(base, progress=False)
+    table = format_table(base, outcomes)
+    assert [a for a, _ in outcomes] == ["trelu", "relu"]
+    assert "TAT (TReLU)" in table and "EOC ReLU" in table and "%" in table

@@ -132,12 +132,12 @@ class ActivationChoice:
         choices = activation_choices()
         if not isinstance(name, str) or name not in choices:
             raise ValueError(f"activation must be one of {', '.join(choices)}; got {name!r}")
-        eta = _check_eta(eta)
         if name == "relu":
             return cls(name, init_gain=math.sqrt(2.0))  # He scaling: ReLU halves q
         if name == "trelu":
             from tat_ext.transform import solve_trelu
 
+            eta = _check_eta(eta)
             try:
                 solved = solve_trelu(eta=eta, subnet_max_func=subnet_max_func)
             except ValueError as error:

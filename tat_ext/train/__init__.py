@@ -8,7 +8,7 @@ See :mod:`tat_ext.train.loop` (the run), :mod:`tat_ext.train.config` (settings a
 :mod:`tat_ext.train.checkpoint` (run directory and checkpoint format), :mod:`tat_ext.train.distributed`
 (torchrun) and :mod:`tat_ext.train.compare` (TAT vs EOC ReLU side by side).
 """
-from tat_ext.train.config import TrainConfig, TrainError
+from tat_ext.train.config import Diverged, TrainConfig, TrainError
 from tat_ext.train.loop import TrainResult, train
 
-__all__ = ["TrainConfig", "TrainError", "TrainResult", "train"]
+__all__ = ["Diverged", "TrainConfig", "TrainError", "TrainResult", "train"]

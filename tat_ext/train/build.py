@@ -30,7 +30,8 @@ def build_model(config: TrainConfig, data: ImageData) -> Tuple[nn.Module, Dict[s
              "input_size": data.image_size if small else None}
     if config.model == "vanilla_resnet":
         model = models.vanilla_resnet(config.depth, data.num_classes, width=config.width,
-                                      activation=config.activation, shortcut_weight=config.shortcut_weight, **eta, **image)
+                                      activation=config.activation, shortcut_weight=config.shortcut_weight,
+                                      **eta, **image)
     elif config.model == "resnet":
         model = models.resnet(config.depth, data.num_classes, width=config.width, **image)
     else:

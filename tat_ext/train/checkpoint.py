@@ -91,7 +91,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise TrainError(f"{path} is corrupt or not a tat-ext checkpoint ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'no detail'}); "
                          "it was left as it is") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in _REQUIRED):
+    if (not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in _REQUIRED)
+            or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["history"], list)):
         raise TrainError(f"{path} is not a {FORMAT} checkpoint; it was left as it is")
     return ckpt
 
@@ -150,6 +151,8 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
         try:
             with open(config_path) as f:
                 saved = json.load(f)["config"]
+            if not isinstance(saved, dict):
+                raise TypeError("config is not an object")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise TrainError(f"--resume: {out} has no {CHECKPOINT} and its {CONFIG} is unreadable "
                              f"({type(error).__name__}); nothing to resume") from None

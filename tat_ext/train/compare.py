@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import List, Sequence
+from typing import List, Sequence, Tuple, Union
 
-from tat_ext.train.config import TrainConfig
+from tat_ext.train.config import Diverged, TrainConfig
 from tat_ext.train.loop import TrainResult, train
 
 __all__ = ["COMPARE_DEFAULTS", "compare", "format_table"]
@@ -17,36 +17,51 @@ COMPARE_DEFAULTS = TrainConfig(model="vanilla_resnet", depth=101, data="digits")
 _LABELS = {"trelu": "TAT (TReLU)", "relu": "EOC ReLU"}
 
 
+Outcome = Union[TrainResult, Diverged]
+
+
 def compare(base: TrainConfig, activations: Sequence[str] = ("trelu", "relu"), *,
-            progress: bool = True) -> List[TrainResult]:
-    """Train ``base`` once per activation (same seed, data, schedule). With ``base.out`` each run
-    writes to ``out/<activation>``. Stops early if a run is interrupted."""
-    results = []
+            progress: bool = True) -> List[Tuple[str, Outcome]]:
+    """Train ``base`` once per activation (same seed, data, schedule); returns (activation,
+    outcome) pairs. With ``base.out`` each run writes to ``out/<activation>``. A run that
+    diverges is reported as its :class:`Diverged`; an interrupted run ends the comparison."""
+    outcomes: List[Tuple[str, Outcome]] = []
     for activation in activations:
         out = None if base.out is None else os.path.join(base.out, activation)
         config = dataclasses.replace(base, activation=activation, out=out)
         print(f"\n== {_LABELS.get(activation, activation)}", flush=True)
         started = time.perf_counter()
-        result = train(config, progress=progress)
+        try:
+            result = train(config, progress=progress)
+        except Diverged as error:
+            outcomes.append((activation, error))
+            print(f"{activation}: {error}", flush=True)
+            continue
         result.resolved["wall_seconds"] = time.perf_counter() - started
-        results.append(result)
+        outcomes.append((activation, result))
         if result.interrupted:
             break
-    return results
+    return outcomes
 
 
-def format_table(results: Sequence[TrainResult]) -> str:
-    """The runs side by side: activation, slope, final test accuracy and loss, best test accuracy, time."""
-    c = results[0].config
+def format_table(base: TrainConfig, outcomes: Sequence[Tuple[str, Outcome]]) -> str:
+    """The runs side by side: activation, slope, final and best test accuracy, test loss, time."""
+    c = base.resolved()
     lines = [f"{c.model} depth {c.depth} (width {c.width}) on {c.data}, {c.epochs} epochs, "
              f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}",
              f"{'activation':<14} {'slope':>8} {'test acc':>9} {'best':>7} {'test loss':>10} {'time':>8}"]
-    for r in results:
+    for activation, r in outcomes:
+        label = _LABELS.get(activation, activation)
+        if isinstance(r, Diverged):
+            lines.append(f"{label:<14} {'-':>8} {'diverged':>9}")
+            continue
         act = r.resolved.get("activation", {})
         slope = f"{act['slope']:.4f}" if "slope" in act else "-"
-        best = max(row["test_acc"] for row in r.history) if r.history else float("nan")
-        acc = f"{r.test_acc:.2%}" if r.history else "-"
-        loss = f"{r.test_loss:.4f}" if r.history else "-"
-        lines.append(f"{_LABELS.get(r.config.activation, r.config.activation):<14} {slope:>8} {acc:>9} "
-                     f"{best:>7.2%} {loss:>10} {r.resolved.get('wall_seconds', 0.0):>7.0f}s")
+        if not r.history:
+            lines.append(f"{label:<14} {slope:>8} {'-':>9}")
+            continue
+        best = max(row["test_acc"] for row in r.history)
+        lines.append(f"{label:<14} {slope:>8} "
+                     f"{r.test_acc:>9.2%} {best:>7.2%} {r.test_loss:>10.4f} "
+                     f"{r.resolved.get('wall_seconds', 0.0):>7.0f}s")
     return "\n".join(lines)

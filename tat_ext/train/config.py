@@ -10,7 +10,8 @@ from typing import Any, Dict, Optional
 
 from tat_ext.datasets import DATASETS
 
-__all__ = ["MODELS", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainError", "add_arguments", "from_args"]
+__all__ = ["MODELS", "OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments",
+           "from_args"]
 
 MODELS = ("vanilla_resnet", "resnet", "vanilla_mlp")
 OPTIMIZERS = ("adam", "sgd")
@@ -18,13 +19,18 @@ SCHEDULES = ("cosine", "constant")
 
 # Defaults that train the embedded digits (measured; README "Choosing the training settings").
 _DEFAULT_WIDTH = {"vanilla_resnet": 16, "resnet": 16, "vanilla_mlp": 128}
-_DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-3}
+_DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3}
 _DEFAULT_ETA = 0.9
 
 
 class TrainError(ValueError):
     """A user mistake in a run's settings, data, output directory or checkpoint: the CLI prints it
     on one line and exits with status 2, and nothing on disk has been changed."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite (usually: the learning rate is too large for this
+    net). Raised at the end of the epoch, before that epoch's state is saved."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfi
     g = _Group("optimization")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adam (AdamW: decoupled weight decay; default) or sgd (Nesterov momentum 0.9)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 for both optimizers)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default 3e-4 for adam, 3e-3 for sgd)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default 0")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default 0")
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,

@@ -12,13 +12,14 @@ exits with status 130). A second Ctrl-C aborts at once without saving.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import nn
 from tat_ext import datasets
 from tat_ext.train import checkpoint as ckpt_io
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
-from tat_ext.train.config import TrainConfig, TrainError
+from tat_ext.train.config import Diverged, TrainConfig, TrainError
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
 
@@ -74,8 +75,9 @@ class _EpochSums:
 class _StopRequest:
     """SIGINT/SIGTERM set a flag that the loop reads between steps; a second SIGINT aborts."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, announce: bool) -> None:
         self.requested = False
+        self._announce = announce
         self._enabled = enabled and threading.current_thread() is threading.main_thread()
         self._previous: Dict[int, Any] = {}
 
@@ -83,8 +85,9 @@ class _StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
-              file=sys.stderr, flush=True)
+        if self._announce:
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self) -> "_StopRequest":
         if self._enabled:
@@ -123,6 +126,7 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
     Raises:
         TrainError: a user mistake (settings, device, data, output directory, checkpoint), raised
             before anything is written; the message names the flag or file.
+        Diverged: the loss became non-finite (the state of the epoch is not saved).
     """
     config = config.resolved()
     try:
@@ -236,7 +240,7 @@ class _Run:
             if self.epoch or self.batch:
                 print(f"resuming {self.config.out} at epoch {self.epoch + 1}, step {self.batch}/{len(self.sampler)}",
                       flush=True)
-        with _StopRequest(handle_signals) as stop:
+        with _StopRequest(handle_signals, announce=self.procs.is_main) as stop:
             while self.epoch < config.epochs:
                 epoch_start = self.order.get_state()
                 stopped_at = self._train_epoch(stop)
@@ -291,6 +295,9 @@ class _Run:
         if bar is not None:
             bar.close()
         loss_sum, correct_sum, count_sum = procs.sum([loss_acc.item(), correct_acc.item(), float(count)])
+        if not math.isfinite(loss_sum):
+            raise Diverged(f"training diverged in epoch {self.epoch + 1} (loss {loss_sum}); the last good "
+                           f"state is the previous checkpoint. Try a smaller --lr (now {config.lr:g})")
         self.partial = _EpochSums(sums.loss + loss_sum, sums.correct + correct_sum, sums.count + count_sum,
                                   sums.seconds + time.perf_counter() - started)
         if step + 1 < steps:
