@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tat_ext import diagnostics
-from tat_ext.models import resnet, vanilla_mlp, vanilla_resnet
+from tat_ext.models import activation_choices, resnet, vanilla_mlp, vanilla_resnet
 from tat_ext.models.common import STANDARD_DEPTHS, resnet_v2_subnet_max_func, stage_plan
 from tat_ext.nn import TATConv2d, TATLinear
 from tat_ext.transform import solve_trelu
@@ -103,6 +103,19 @@ def test_family_x_activation_forward_backward(family, activation):
         w = 0.0 if family.endswith("chain") else 0.5
         model = vanilla_resnet(18, 10, shortcut_weight=w, activation=activation, **SMALL)
     _step(model, torch.randn(4, 1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("activation", activation_choices())
+def test_every_activation_builds_or_is_refused_clearly(activation):
+    """Every listed name either trains a step or (square: its targets are out of the solver's
+    reach) is refused with the solver's message."""
+    torch.manual_seed(0)
+    try:
+        model = vanilla_mlp(13, 8, 10, activation=activation)
+    except ValueError as error:
+        assert activation.endswith("square") and "no parameters found" in str(error)
+        return
+    _step(model, torch.randn(4, 64), 10)
 
 
 def test_resnet_baseline_and_imagenet_stem():

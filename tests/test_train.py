@@ -197,9 +197,11 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
 # -- execution flags --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flags", [dict(amp=True), dict(channels_last=True)])
-def test_amp_and_channels_last_train(flags):
-    config = TrainConfig(model="vanilla_resnet", depth=18, width=2, epochs=1, batch_size=256, **flags)
+@pytest.mark.parametrize("flags", [dict(amp=True), dict(channels_last=True), dict(model="resnet"),
+                                   dict(shortcut_weight=0.5, activation="tat-softplus")])
+def test_flags_and_families_train(flags):
+    config = TrainConfig(**{"model": "vanilla_resnet", "depth": 18, "width": 2, "epochs": 1, "batch_size": 256,
+                            **flags})
     result = train(config, progress=False, verbose=False)
     assert 0.0 <= result.test_acc <= 1.0 and all(torch.isfinite(p).all() for p in result.model.parameters())
 

@@ -45,7 +45,7 @@ class TrainConfig:
     model: str = "vanilla_resnet"
     depth: int = 50
     width: Optional[int] = None
-    activation: str = "trelu"
+    activation: Optional[str] = None
     eta: Optional[float] = None
     shortcut_weight: float = 0.0
     data: str = "digits"
@@ -75,6 +75,7 @@ class TrainConfig:
         self._check()
         return dataclasses.replace(
             self,
+            activation=self.activation or ("relu" if self.model == "resnet" else "trelu"),
             width=_DEFAULT_WIDTH[self.model] if self.width is None else self.width,
             eta=(_DEFAULT_ETA if self.eta is None else self.eta) if self._uses_eta else None,
             lr=_DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
@@ -82,7 +83,7 @@ class TrainConfig:
 
     @property
     def _uses_eta(self) -> bool:
-        return self.model != "resnet" and self.activation == "trelu"
+        return self.model != "resnet" and self.activation in (None, "trelu")
 
     def _check(self) -> None:
         def fail(field: str, message: str) -> None:
@@ -129,8 +130,11 @@ class TrainConfig:
                 fail("eta", "applies to --activation trelu with a vanilla model only")
         if self.shortcut_weight != 0.0 and self.model != "vanilla_resnet":
             fail("shortcut_weight", "applies to --model vanilla_resnet only")
-        if self.model == "resnet" and self.activation != "trelu":
-            fail("activation", "the resnet baseline always uses ReLU with BatchNorm; use it with a vanilla model")
+        if self.model == "resnet" and self.activation not in (None, "relu"):
+            fail("activation", f"the resnet baseline uses ReLU with BatchNorm, not {self.activation}; "
+                               "other activations are for the vanilla models")
+        if self.activation is not None and not isinstance(self.activation, str):
+            fail("activation", f"must be a name, got {self.activation!r}")
         if self.data_dir is not None and self.data != "cifar10":
             fail("data_dir", f"applies to --data cifar10 only, not {self.data}")
         if self.data == "cifar10" and self.data_dir is None:
@@ -174,8 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfi
     g.add_argument("--width", type=int, help="resnets: first stage's inner width (default 16); "
                                              "vanilla_mlp: hidden units (default 128)")
     g.add_argument("--activation", default=d.activation, metavar="NAME",
-                   help="trelu (TAT, default), relu (Edge-of-Chaos baseline), tat-<smooth>, dks-<name>: "
-                        + ", ".join(activation_choices()))
+                   help="trelu (TAT; default for the vanilla models), relu (Edge-of-Chaos baseline; the "
+                        "resnet baseline's only one), tat-<smooth>, dks-<name>: " + ", ".join(activation_choices()))
     g.add_argument("--eta", type=float, help=f"TAT target C_f(0) for trelu (default {_DEFAULT_ETA})")
     g.add_argument("--shortcut-weight", type=float, default=d.shortcut_weight,
                    help="vanilla_resnet: 0 = no shortcuts (default); w in (0, 1) = rescaled ResNet")

@@ -27,6 +27,7 @@ class Processes:
     rank: int
     world: int
     device: torch.device
+    owns_group: bool = False  # this run created the process group (and so destroys it)
 
     @property
     def is_main(self) -> bool:
@@ -62,7 +63,7 @@ class Processes:
         return bool(t.item())
 
     def close(self) -> None:
-        if self.distributed and dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -98,14 +99,16 @@ def setup_processes(device: str) -> Processes:
     if world <= 1:
         return Processes(0, 1, _resolve_device(device, None))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda:"):
+        raise ValueError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK; pass --device cuda "
+                         "(and CUDA_VISIBLE_DEVICES to choose the GPUs)")
     resolved = _resolve_device(device, local_rank)
-    if resolved.type == "cuda" and device in ("auto", "cuda"):
-        resolved = torch.device("cuda", local_rank)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), resolved)
+    return Processes(dist.get_rank(), dist.get_world_size(), resolved, owns_group)
 
 
 class GlobalBatchSampler:
