@@ -237,16 +237,26 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_run_train, parser=train)
 
 
+def _lr_list(text: str) -> List[float]:
+    values = [_float(p) for p in text.split(",") if p.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates > 0, got {text!r}")
+    return values
+
+
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    from tat_ext.train.compare import COMPARE_DEFAULTS
+    from tat_ext.train.compare import COMPARE_DEFAULTS, COMPARE_LRS
     from tat_ext.train.config import add_arguments
 
     compare = commands.add_parser(
         "compare", help="the same deep vanilla net trained with TAT and with EOC ReLU, side by side",
-        description="Train one vanilla network twice, with TAT's TReLU and with Edge-of-Chaos ReLU "
-                    "(same seed, data and settings), and print both test accuracies. With --out, the "
-                    "runs go to OUT/trelu and OUT/relu.")
-    add_arguments(compare, defaults=COMPARE_DEFAULTS, exclude=("activation", "eta", "resume"))
+        description="Train one vanilla network with TAT's TReLU and with Edge-of-Chaos ReLU at each "
+                    "learning rate of --lrs (same seed, data and settings), and print the test "
+                    "accuracies side by side. With --out, run i goes to OUT/<activation>-lr<lr>.")
+    add_arguments(compare, defaults=COMPARE_DEFAULTS, exclude=("activation", "eta", "resume", "lr"))
+    compare.add_argument("--lrs", type=_lr_list, default=list(COMPARE_LRS),
+                         help="comma-separated learning rates (default " + ",".join(f"{v:g}" for v in COMPARE_LRS)
+                              + ")")
     compare.set_defaults(handler=_run_compare, parser=compare)
 
 
@@ -283,14 +293,14 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     config = from_args(args)
     try:
-        outcomes = compare(config)
+        outcomes = compare(config, lrs=args.lrs)
     except TrainError as error:
         return _train_error("compare", error)
     except KeyboardInterrupt:
         print("tat-ext compare: interrupted", file=sys.stderr)
         return 130
     print("\n" + format_table(config, outcomes))
-    return 130 if getattr(outcomes[-1][1], "interrupted", False) else 0
+    return 130 if getattr(outcomes[-1][2], "interrupted", False) else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

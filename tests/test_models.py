@@ -149,26 +149,31 @@ def test_kernel_at_initialization_matches_prediction():
     """q stays 1 and the output cosine is C_f(c_in) through a ResNet-101-shaped vanilla TAT net.
 
     Images constant over space make every location carry the same vector, so the flattened cosine
-    that measure_kernel reports is the per-location one the theory predicts.
+    that measure_kernel reports is the per-location one the theory predicts. At width 64 single
+    pairs scatter by a few hundredths (finite width); their mean error is what must vanish — and
+    it resolves the slope: those of a 49- or 200-layer chain miss by about 0.04.
     """
     torch.manual_seed(1)
     model = vanilla_resnet(101, 10, width=64, in_channels=3, small_input=True, input_size=4)
-    pairs = 8
+    pairs = 16
     base = torch.randn(pairs, 3, 1, 1)
     x_a = base.expand(pairs, 3, 4, 4).contiguous()
     x_b = (0.6 * base + 0.8 * torch.randn(pairs, 3, 1, 1)).expand(pairs, 3, 4, 4).contiguous()
     last = list(model.blocks[-1].children())[-1]
     trace = diagnostics.measure_kernel(model, x_a, x_b, modules=["normalize", model.stem, last])
-    c_in = trace.cosine[1]  # after per-location normalization
-    predicted = diagnostics.predicted_cosine(c_in, model.activation.slope, 100)
-    assert torch.all((trace.cosine[-2] - predicted).abs() < 0.03), (trace.cosine[-2], predicted)
+    c_in, c_out = trace.cosine[1], trace.cosine[-2]  # after per-location normalization; final activation
+
+    def error(slope):
+        return c_out - diagnostics.predicted_cosine(c_in, slope, 100)
+
+    assert abs(error(model.activation.slope).mean()) < 0.02 and error(model.activation.slope).abs().mean() < 0.03
+    for wrong_depth in (49, 200):
+        assert abs(error(solve_trelu(wrong_depth).slope).mean()) > 0.03
     # q = 1 holds in the wide limit; at width 64 it drifts like a random walk in log q (std ~0.3
     # over 100 layers), so the bound is loose — but a wrong scale would move it by orders of
     # magnitude ((1 + slope^2)/2 per layer without TReLU's output scale).
     q = torch.cat([trace.q_a[1:-1], trace.q_b[1:-1]], dim=1).mean(dim=1)
     assert torch.all(q.log().abs() < 0.5), q
-    # A chain of 100 TReLUs is far from the identity: the prediction itself moves the cosine.
-    assert (predicted - c_in).max() > 0.3
 
 
 def test_bad_arguments_name_the_problem():
@@ -199,3 +204,15 @@ def test_bad_arguments_name_the_problem():
     model = vanilla_resnet(18, 10, **SMALL)
     with pytest.raises(ValueError, match="input_size"):
         model(torch.randn(2, 1, 16, 16))
+
+
+def test_small_input_strides_keep_an_8x8_map():
+    from tat_ext.models.common import final_spatial_size, for_input
+
+    plan = stage_plan(50, 4)
+    assert for_input(plan, True, 8).strides == (1, 1, 1, 1)
+    assert for_input(plan, True, 32).strides == (1, 2, 2, 1)
+    assert final_spatial_size(for_input(plan, True, 32), 32, small_input=True) == 8
+    assert for_input(plan, False, None).strides == (1, 2, 2, 2)
+    assert final_spatial_size(for_input(plan, False, None), 224, small_input=False) == 7
+    assert vanilla_resnet(18, 10, **SMALL)(torch.randn(2, 1, 8, 8)).shape == (2, 10)

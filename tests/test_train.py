@@ -321,7 +321,10 @@ def test_compare_reports_both_runs(capsys):
     from tat_ext.train.compare import compare, format_table
 
     base = TrainConfig(model="vanilla_mlp", depth=13, width=8, epochs=1)
-    outcomes = compare(base, progress=False)
+    outcomes = compare(base, lrs=(1e-3, 1e4), progress=False)
     table = format_table(base, outcomes)
-    assert [a for a, _ in outcomes] == ["trelu", "relu"]
-    assert "TAT (TReLU)" in table and "EOC ReLU" in table and "%" in table
+    assert [(a, lr) for a, lr, _ in outcomes] == [("trelu", 1e-3), ("trelu", 1e4), ("relu", 1e-3), ("relu", 1e4)]
+    lines = table.splitlines()
+    assert "lr 0.001" in lines[1] and "lr 10000" in lines[1]
+    assert lines[2].startswith("TAT (TReLU)") and "%" in lines[2] and "diverged" in lines[2]
+    assert lines[3].startswith("EOC ReLU") and "diverged" in lines[3]

@@ -2,6 +2,7 @@
 heads, and the C-map bookkeeping (``subnet_max_func``) of a ResNet-V2 layout."""
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence, Tuple, Union
@@ -13,6 +14,7 @@ __all__ = [
     "STANDARD_DEPTHS",
     "Head",
     "StagePlan",
+    "for_input",
     "resnet_v2_subnet_max_func",
     "stage_plan",
 ]
@@ -29,6 +31,8 @@ _PLANS = {
 STANDARD_DEPTHS = tuple(_PLANS)
 _STAGE_STRIDES = (1, 2, 2, 2)
 _BOTTLENECK_EXPANSION = 4
+# Small inputs: later stages halve the feature map only while it is larger than this side.
+_SMALL_INPUT_MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -36,22 +40,20 @@ class StagePlan:
     """The shape of a ResNet: blocks per stage, block type, widths and strides.
 
     ``width`` is the first stage's inner width (64 in the standard nets); stage i has inner width
-    ``width·2^i`` and output width 4× that for bottleneck blocks. ``projections[i]`` says whether
-    the first block of stage i changes shape (stride or width) and so needs a projection shortcut.
+    ``width·2^i`` and output width 4× that for bottleneck blocks. ``strides[i]`` is the stride of
+    stage i's first block (standard: 1, 2, 2, 2). ``projections[i]`` says whether that block
+    changes shape (stride or width) and so needs a projection shortcut.
     """
 
     blocks: Tuple[int, ...]
     bottleneck: bool
     width: int
+    strides: Tuple[int, ...] = _STAGE_STRIDES
 
     @property
     def depth(self) -> int:
         """Conventional depth: conv layers plus the classifier (ResNet-50: 1 + 48 + 1)."""
         return (3 if self.bottleneck else 2) * sum(self.blocks) + 2
-
-    @property
-    def strides(self) -> Tuple[int, ...]:
-        return _STAGE_STRIDES[: len(self.blocks)]
 
     def inner_width(self, stage: int) -> int:
         return self.width * 2**stage
@@ -95,11 +97,30 @@ def stage_plan(depth: object, width: object, blocks: Union[Sequence[int], None] 
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not 1 <= len(blocks) <= 4:
         raise ValueError(f"blocks must be 1 to 4 blocks-per-stage counts, got {blocks!r}")
     counts = tuple(_check_int("blocks[i]", b, 1) for b in blocks)
-    plan = StagePlan(counts, True if bottleneck is None else bool(bottleneck), width)
+    plan = StagePlan(counts, True if bottleneck is None else bool(bottleneck), width, _STAGE_STRIDES[: len(counts)])
     if depth is not None and depth != plan.depth:
         raise ValueError(f"blocks={list(counts)} ({'bottleneck' if plan.bottleneck else 'basic'}) give "
                          f"depth {plan.depth}, not {depth!r}; pass depth=None or the matching depth")
     return plan
+
+
+def for_input(plan: StagePlan, small_input: bool, input_size: int) -> StagePlan:
+    """``plan`` with the strides for its input: standard, or for ``small_input`` a stride of 2
+    only while the feature map is larger than 8x8 (8x8 and smaller inputs keep their size).
+
+    With delta-orthogonal init a stride-2 conv starts by keeping one pixel in four; on small
+    images the flatten head then sees few of them (an 8x8 digit down to 1x1 sees one corner
+    pixel), and deep vanilla nets learned several times slower on the digits that way.
+    """
+    if not small_input:
+        return dataclasses.replace(plan, strides=_STAGE_STRIDES[: len(plan.blocks)])
+    _check_int("input_size", input_size, 1)
+    strides, side = [1], input_size
+    for _ in plan.blocks[1:]:
+        stride = 2 if side > _SMALL_INPUT_MIN_SIDE else 1
+        side = (side - 1) // stride + 1
+        strides.append(stride)
+    return dataclasses.replace(plan, strides=tuple(strides))
 
 
 def resnet_v2_subnet_max_func(plan: StagePlan, shortcut_weight: float) -> Callable:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tat_ext.models.common import Head, StagePlan, final_spatial_size, stage_plan
+from tat_ext.models.common import Head, StagePlan, final_spatial_size, for_input, stage_plan
 from tat_ext.models.layers import PerLocationNorm
 from tat_ext.models.vanilla_resnet import _check_common
 
@@ -47,6 +47,9 @@ class ResNet(nn.Module):
         _check_common(num_classes, in_channels, 0.0, small_input)
         if not small_input and input_size is not None:
             raise ValueError("input_size applies to small_input=True only (the standard head pools globally)")
+        if small_input and input_size is None:
+            input_size = 32
+        plan = for_input(plan, small_input, input_size)
         self.plan = plan
         # Same input pipeline as the vanilla nets, so every model sees the same data.
         self.normalize = PerLocationNorm(channel_dim=1)
@@ -67,7 +70,7 @@ class ResNet(nn.Module):
         last = plan.out_width(len(plan.blocks) - 1)
         self.final_norm = nn.BatchNorm2d(last)
         if small_input:
-            size = final_spatial_size(plan, 32 if input_size is None else input_size, small_input=True)
+            size = final_spatial_size(plan, input_size, small_input=True)
             self.head = Head(last, num_classes, pool=False, spatial=size)
         else:
             self.head = Head(last, num_classes, pool=True)

@@ -4,7 +4,8 @@ Layout (ResNet-V2 with its batch norms removed), for shortcut weight w:
 
 - input: per-location normalization (one channel added), then the stem conv — 7x7/2 followed by
   a 3x3/2 max-pool, or for ``small_input`` a 3x3/1 conv and no pool;
-- four stages of blocks; a block's residual branch is activation → conv, two times (basic) or
+- four stages of blocks, the later ones starting with stride 2 (for ``small_input`` only while
+  the feature map is larger than 8x8; see :func:`tat_ext.models.common.for_input`); a block's residual branch is activation → conv, two times (basic) or
   three times (bottleneck, stride on the 3x3 conv); its output is
   ``sqrt(1 − w²)·residual + w·shortcut``, the shortcut being the input or, when the block
   changes shape, a 1x1 projection of the pre-activated input;
@@ -24,7 +25,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from tat_ext.models.common import Head, StagePlan, final_spatial_size, resnet_v2_subnet_max_func, stage_plan
+from tat_ext.models.common import (Head, StagePlan, final_spatial_size, for_input, resnet_v2_subnet_max_func,
+                                   stage_plan)
 from tat_ext.models.layers import ActivationChoice, PerLocationNorm, init_vanilla_
 
 __all__ = ["VanillaResNet", "vanilla_resnet"]
@@ -82,12 +84,11 @@ class VanillaResNet(nn.Module):
                  input_size: Union[int, None] = None) -> None:
         super().__init__()
         _check_common(num_classes, in_channels, shortcut_weight, small_input)
-        if small_input:
-            input_size = 32 if input_size is None else input_size
-            if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral) or input_size < 1:
-                raise ValueError(f"input_size must be an int >= 1 (image side in pixels), got {input_size!r}")
-        elif input_size is not None:
+        if small_input and input_size is None:
+            input_size = 32
+        elif not small_input and input_size is not None:
             raise ValueError("input_size applies to small_input=True only (the standard head pools globally)")
+        plan = for_input(plan, small_input, input_size)
         self.plan = plan
         self.shortcut_weight = float(shortcut_weight)
         chain = shortcut_weight == 0.0
@@ -160,8 +161,8 @@ def vanilla_resnet(depth: Optional[int], num_classes: int, *, width: int = 64, a
             sqrt(1 − w²)·residual + w·shortcut (the "rescaled ResNet").
         in_channels: image channels (the model adds one for the normalization's homogeneous
             coordinate).
-        small_input: a 3x3/1 stem without max-pool and a flatten head, for 8x8–32x32 images; the
-            four stages then take 8x8 down to 1x1 and 32x32 to 4x4.
+        small_input: a 3x3/1 stem without max-pool, strides only while the map is larger than
+            8x8, and a flatten head, for 8x8–64x64 images (8x8 stays 8x8, 32x32 ends at 8x8).
         input_size: image side for ``small_input`` (default 32), which sizes the flatten head.
         blocks, bottleneck: a custom plan (blocks per stage, 1–4 stages; bottleneck default True)
             instead of a standard depth.

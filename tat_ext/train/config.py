@@ -18,7 +18,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
 # Defaults that train the embedded digits (measured; README "Choosing the training settings").
-_DEFAULT_WIDTH = {"vanilla_resnet": 16, "resnet": 16, "vanilla_mlp": 128}
+_DEFAULT_WIDTH = {"vanilla_resnet": 8, "resnet": 8, "vanilla_mlp": 128}
 _DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3}
 _DEFAULT_ETA = 0.9
 
@@ -56,7 +56,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     warmup_epochs: int = 0
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -175,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfi
     g.add_argument("--model", choices=MODELS, default=d.model, help=f"network family (default {d.model})")
     g.add_argument("--depth", type=int, default=d.depth,
                    help=f"resnets: 18/34/50/101/152/200; vanilla_mlp: hidden layers (default {d.depth})")
-    g.add_argument("--width", type=int, help="resnets: first stage's inner width (default 16); "
+    g.add_argument("--width", type=int, help="resnets: first stage's inner width (default 8); "
                                              "vanilla_mlp: hidden units (default 128)")
     g.add_argument("--activation", default=d.activation, metavar="NAME",
                    help="trelu (TAT; default for the vanilla models), relu (Edge-of-Chaos baseline; the "
