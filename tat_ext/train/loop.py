@@ -174,6 +174,8 @@ class _Run:
         self.epoch, self.batch, self.partial, self.history = 0, 0, _EpochSums(), []
         if checkpoint is not None:
             self._restore(checkpoint)
+        if config.out is not None and procs.is_main:  # only now: every check has passed
+            ckpt_io.write_config(config.out, config, self.resolved)
         self.model = self._wrap(self.core)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -191,8 +193,6 @@ class _Run:
         kind, payload = self.procs.broadcast(message)
         if kind == "error":
             raise TrainError(payload)
-        if self.procs.is_main:
-            ckpt_io.write_config(self.config.out, self.config, self.resolved)
         return payload
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
@@ -296,8 +296,8 @@ class _Run:
             bar.close()
         loss_sum, correct_sum, count_sum = procs.sum([loss_acc.item(), correct_acc.item(), float(count)])
         if not math.isfinite(loss_sum):
-            raise Diverged(f"training diverged in epoch {self.epoch + 1} (loss {loss_sum}); the last good "
-                           f"state is the previous checkpoint. Try a smaller --lr (now {config.lr:g})")
+            raise Diverged(f"training diverged in epoch {self.epoch + 1} (loss {loss_sum}); this epoch was not "
+                           f"saved. Try a smaller --lr (now {config.lr:g})")
         self.partial = _EpochSums(sums.loss + loss_sum, sums.correct + correct_sum, sums.count + count_sum,
                                   sums.seconds + time.perf_counter() - started)
         if step + 1 < steps:
