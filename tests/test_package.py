@@ -19,7 +19,8 @@ def test_submodules_are_attributes_imported_lazily():
         import sys, warnings
         warnings.simplefilter("ignore")  # the fallback warning when the extension is not built
         import tat_ext
-        lazy = ("activations", "cmaps", "data", "diagnostics", "init", "transform")
+        lazy = ("activations", "cmaps", "data", "datasets", "diagnostics", "init", "models",
+                "tools", "train", "transform")
         assert not [m for m in lazy if f"tat_ext.{m}" in sys.modules], sorted(sys.modules)
         assert "scipy" not in sys.modules
         assert set(lazy) <= set(dir(tat_ext)) and {"trelu", "reference", "nn"} <= set(dir(tat_ext))
@@ -29,6 +30,8 @@ def test_submodules_are_attributes_imported_lazily():
         assert callable(tat_ext.data.per_location_normalization)
         assert callable(tat_ext.diagnostics.check_initialization)
         assert callable(tat_ext.cmaps.trelu_c_map) and callable(tat_ext.activations.get_activation)
+        assert callable(tat_ext.models.vanilla_resnet) and callable(tat_ext.train.train)
+        assert callable(tat_ext.datasets.digits) and tat_ext.tools.__name__ == "tat_ext.tools"
         from tat_ext import transform
         assert transform is tat_ext.transform
         assert callable(tat_ext.trelu) and callable(tat_ext.reference.trelu) and tat_ext.nn.TReLU

@@ -2,7 +2,8 @@
 
     cases     the kernel-vs-reference case grid and its tolerance rules (also used by the tests)
     verify    runs the grid on every device: pass/fail table, exit status, JSON
-    bench     eager vs torch.compile vs tat_ext: activation sizes and a training step
+    bench     eager vs torch.compile vs tat_ext: activation sizes, a training step, fixed cost
+    overhead  the fixed cost per call on tiny tensors (bench's overhead part)
     profile   torch.profiler traces and per-kernel tables, unfused vs fused
     workloads the models and training step that bench and profile time
     timing    timers with spread, peak memory, saved-for-backward bytes, kernel launches

@@ -1,0 +1,81 @@
+"""Model, optimizer and learning-rate schedule of a run, from its settings."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import nn
+
+from tat_ext.datasets import ImageData
+from tat_ext.train.config import TrainConfig
+
+__all__ = ["WarmupCosine", "build_model", "build_optimizer", "build_schedule"]
+
+# Images up to this side get the small-input stem and the flatten head (see vanilla_resnet).
+_SMALL_INPUT_MAX = 64
+
+
+def build_model(config: TrainConfig, data: ImageData) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The model for ``config`` (resolved) and ``data``, and what it resolved to (for config.json).
+
+    Raises:
+        ValueError: the model builder's message (unsupported depth, unreachable eta, ...).
+    """
+    from tat_ext import models
+
+    small = data.image_size <= _SMALL_INPUT_MAX
+    eta = {} if config.eta is None else {"eta": config.eta}  # None: the activation has no eta
+    image = {"in_channels": data.in_channels, "small_input": small,
+             "input_size": data.image_size if small else None}
+    if config.model == "vanilla_resnet":
+        model = models.vanilla_resnet(config.depth, data.num_classes, width=config.width,
+                                      activation=config.activation, shortcut_weight=config.shortcut_weight,
+                                      **eta, **image)
+    elif config.model == "resnet":
+        model = models.resnet(config.depth, data.num_classes, width=config.width, **image)
+    else:
+        model = models.vanilla_mlp(config.depth, config.width, data.num_classes,
+                                   in_features=data.in_channels * data.image_size ** 2,
+                                   activation=config.activation, **eta)
+    resolved: Dict[str, Any] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "small_input": small if config.model != "vanilla_mlp" else None,
+    }
+    activation = getattr(model, "activation", None)
+    if activation is not None:
+        resolved["activation"] = {"name": activation.name, "init_gain": activation.init_gain, **activation.params}
+    else:
+        resolved["activation"] = {"name": "relu+batchnorm"}
+    return model, resolved
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay; plain Adam when it is 0) or SGD with Nesterov momentum 0.9."""
+    params = model.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+
+
+class WarmupCosine:
+    """Learning-rate factor of step ``s``: linear warm-up, then cosine decay to 0 (or constant)."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, cosine: bool) -> None:
+        self.total_steps, self.warmup_steps, self.cosine = total_steps, warmup_steps, cosine
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.cosine:
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule (stepped after every optimizer step)."""
+    factor = WarmupCosine(config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch,
+                          config.schedule == "cosine")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,401 @@
+"""One training run: :func:`train` (what ``tat-ext train`` calls; usable in-process, e.g. by a sweep).
+
+Reproducibility: the model is initialized from ``--seed``; each epoch's data order is drawn from a
+dedicated generator; the checkpoint stores every generator, the optimizer and schedule, and the
+position in the epoch. Resuming replays exactly the computation the interrupted run would have
+done, so on CPU the final weights are bitwise those of an uninterrupted run.
+
+Ctrl-C (SIGINT) or SIGTERM: the step in progress finishes, the state after it is saved (epoch,
+batch within it, the epoch's running sums) and the run returns with ``interrupted=True`` (the CLI
+exits with status 130). A second Ctrl-C aborts at once without saving.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tat_ext import datasets
+from tat_ext.train import checkpoint as ckpt_io
+from tat_ext.train.build import build_model, build_optimizer, build_schedule
+from tat_ext.train.config import Diverged, TrainConfig, TrainError
+from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
+from tat_ext.train.metrics import plot_curves, write_metrics
+
+__all__ = ["TrainResult", "train"]
+
+_EVAL_BATCH = 512
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``history`` holds the metrics rows (as in metrics.jsonl);
+    ``test_acc``/``test_loss`` are the last completed epoch's (None before the first);
+    ``model`` is the trained module (no DDP/compile wrapper)."""
+
+    config: TrainConfig
+    resolved: Dict[str, Any]
+    history: List[Dict[str, float]]
+    model: nn.Module
+    interrupted: bool = False
+    out: Optional[str] = None
+
+    @property
+    def test_acc(self) -> Optional[float]:
+        return self.history[-1]["test_acc"] if self.history else None
+
+    @property
+    def test_loss(self) -> Optional[float]:
+        return self.history[-1]["test_loss"] if self.history else None
+
+
+@dataclass
+class _EpochSums:
+    """Running sums of one epoch's training steps (the partial state of an interrupted epoch)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> Dict[str, float]:
+        return {"loss": self.loss, "correct": self.correct, "count": self.count, "seconds": self.seconds}
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop reads between steps; a second SIGINT aborts."""
+
+    def __init__(self, enabled: bool, announce: bool) -> None:
+        self.requested = False
+        self._announce = announce
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self._announce:
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_StopRequest":
+        if self._enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
+          handle_signals: bool = True) -> TrainResult:
+    """Run one training as ``config`` says; see the module docstring.
+
+    Args:
+        config: the settings; ``config.out=None`` writes no files.
+        progress: show a tqdm progress bar (main process only).
+        verbose: print one line per epoch and a final line with the test accuracy.
+        handle_signals: turn SIGINT/SIGTERM into "save and return" (main thread only).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        TrainError: a user mistake (settings, device, data, output directory, checkpoint), raised
+            before anything is written; the message names the flag or file.
+        Diverged: the loss became non-finite (the state of the epoch is not saved).
+    """
+    config = config.resolved()
+    try:
+        procs = setup_processes(config.device)
+    except ValueError as error:
+        raise TrainError(str(error)) from None
+    try:
+        return _Run(config, procs, progress=progress, verbose=verbose).run(handle_signals)
+    finally:
+        procs.close()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, procs: Processes, *, progress: bool, verbose: bool) -> None:
+        self.config, self.procs = config, procs
+        self.progress, self.verbose = progress and procs.is_main, verbose and procs.is_main
+        self.device = procs.device
+        _seed_everything(config.seed)
+        try:
+            self.data = datasets.load(config.data, config.data_dir)
+        except ValueError as error:
+            raise TrainError(f"--data {config.data}: {error}") from None
+        try:
+            model, self.resolved = build_model(config, self.data)
+        except ValueError as error:
+            raise TrainError(f"--model {config.model}: {error}") from None
+        try:
+            self.sampler = GlobalBatchSampler(len(self.data.train), config.batch_size, procs.rank, procs.world)
+        except ValueError as error:
+            raise TrainError(str(error)) from None
+        self.resolved.update(
+            world_size=procs.world, device=str(self.device), torch=str(torch.__version__),
+            train_examples=len(self.data.train), test_examples=len(self.data.test),
+            steps_per_epoch=len(self.sampler), image_size=self.data.image_size,
+            in_channels=self.data.in_channels, num_classes=self.data.num_classes)
+
+        checkpoint = self._prepare_out()
+        self.core = model.to(self.device)
+        if config.channels_last:
+            self.core = self.core.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(config, self.core)
+        self.schedule = build_schedule(config, self.optimizer, len(self.sampler))
+        self.order = torch.Generator()
+        self.order.manual_seed(config.seed)
+        self.epoch, self.batch, self.partial, self.history = 0, 0, _EpochSums(), []
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        if config.out is not None and procs.is_main:  # only now: every check has passed
+            ckpt_io.write_config(config.out, config, self.resolved)
+        self.model = self._wrap(self.core)
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _prepare_out(self) -> Optional[Dict[str, Any]]:
+        """Main process: check the run directory; every process gets the checkpoint or the error."""
+        if self.config.out is None:
+            return None
+        message: Any = None
+        if self.procs.is_main:
+            try:
+                message = ("ok", ckpt_io.prepare_run_dir(self.config))
+            except TrainError as error:
+                message = ("error", str(error))
+        kind, payload = self.procs.broadcast(message)
+        if kind == "error":
+            raise TrainError(payload)
+        return payload
+
+    def _restore(self, ckpt: Dict[str, Any]) -> None:
+        try:
+            self.core.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["scheduler"])
+            self.order.set_state(ckpt_io.restore_rng(ckpt["rng"]))
+            self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+            partial = ckpt["partial"] if self.procs.is_main else {}  # the sums are global
+            self.partial = _EpochSums(**partial)
+            self.history = list(ckpt["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise TrainError(f"--resume: {self.config.out}/{ckpt_io.CHECKPOINT} does not fit this model "
+                             f"({type(error).__name__}: {str(error).splitlines()[0]}); it was left as it is") from None
+        if self.batch >= len(self.sampler) or len(self.history) != self.epoch:
+            raise TrainError(f"--resume: {self.config.out}/{ckpt_io.CHECKPOINT} is inconsistent "
+                             f"(epoch {self.epoch}, batch {self.batch}, {len(self.history)} metrics rows)")
+
+    def _wrap(self, core: nn.Module) -> nn.Module:
+        model = core
+        if self.procs.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = DistributedDataParallel(model, device_ids=[self.device.index])
+            else:
+                model = DistributedDataParallel(model)
+        if self.config.compile:
+            model = torch.compile(model)
+        return model
+
+    def _autocast(self):
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def run(self, handle_signals: bool) -> TrainResult:
+        config = self.config
+        if self.verbose:
+            self._print_header()
+            if self.epoch or self.batch:
+                print(f"resuming {self.config.out} at epoch {self.epoch + 1}, step {self.batch}/{len(self.sampler)}",
+                      flush=True)
+        with _StopRequest(handle_signals, announce=self.procs.is_main) as stop:
+            while self.epoch < config.epochs:
+                epoch_start = self.order.get_state()
+                stopped_at = self._train_epoch(stop)
+                if stopped_at is not None:
+                    self._save(data_order=epoch_start, batch=stopped_at)
+                    return self._interrupted(stopped_at)
+                self._finish_epoch()
+                if self.procs.any(stop.requested):
+                    return self._interrupted(0)
+        if self.verbose and self.history:
+            last = self.history[-1]
+            print(f"final test accuracy: {last['test_acc']:.2%} (test loss {last['test_loss']:.4f}) "
+                  f"after {last['epoch']} epochs")
+        return self._result(interrupted=False)
+
+    def _train_epoch(self, stop: _StopRequest) -> Optional[int]:
+        """Train the rest of epoch ``self.epoch``; returns the batch reached if a stop was requested."""
+        config, procs, data = self.config, self.procs, self.data
+        steps = len(self.sampler)
+        sums = self.partial
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        scale = procs.world / config.batch_size  # DDP averages over processes: the sum becomes the global mean
+        self.model.train()
+        bar = self._bar(steps)
+        started = time.perf_counter()
+        step = self.batch
+        for step, index in enumerate(self.sampler.epoch(self.order, start=self.batch), start=self.batch):
+            x, y = data.batch(data.train, index, self.device, config.channels_last)
+            with self._autocast():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum")
+            (loss * scale).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.step()
+            loss_acc += loss.detach().double()
+            correct_acc += (logits.argmax(1) == y).sum().double()
+            count += len(y)
+            if bar is not None:
+                elapsed = time.perf_counter() - started
+                bar.update(1)
+                if step % 5 == 0 or step == steps - 1:
+                    bar.set_postfix(loss=f"{(sums.loss + loss_acc.item()) / max(1, sums.count + count):.4f}",
+                                    acc=f"{(sums.correct + correct_acc.item()) / max(1, sums.count + count):.2%}",
+                                    samples_s=f"{count * procs.world / max(elapsed, 1e-9):.0f}", refresh=False)
+            if procs.any(stop.requested) and step + 1 < steps:
+                break
+        else:
+            step = steps - 1
+        if bar is not None:
+            bar.close()
+        loss_sum, correct_sum, count_sum = procs.sum([loss_acc.item(), correct_acc.item(), float(count)])
+        if not math.isfinite(loss_sum):
+            raise Diverged(f"training diverged in epoch {self.epoch + 1} (loss {loss_sum}); this epoch was not "
+                           f"saved. Try a smaller --lr (now {config.lr:g})")
+        self.partial = _EpochSums(sums.loss + loss_sum, sums.correct + correct_sum, sums.count + count_sum,
+                                  sums.seconds + time.perf_counter() - started)
+        if step + 1 < steps:
+            return step + 1
+        return None
+
+    def _bar(self, steps: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=steps, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                    unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple:
+        """Test loss (the training objective) and accuracy; each process takes a share."""
+        data, procs = self.data, self.procs
+        self.core.eval()
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        share = torch.arange(len(data.test))[procs.rank::procs.world]
+        for index in share.split(_EVAL_BATCH):
+            x, y = data.batch(data.test, index, self.device, self.config.channels_last)
+            with self._autocast():
+                logits = self.core(x)
+            loss += F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing,
+                                    reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum().double()
+        loss_sum, correct_sum = procs.sum([loss.item(), correct.item()])
+        n = len(data.test)
+        return loss_sum / n, correct_sum / n
+
+    def _finish_epoch(self) -> None:
+        test_loss, test_acc = self._evaluate()
+        sums = self.partial
+        self.history.append({
+            "epoch": self.epoch + 1,
+            "train_loss": sums.loss / sums.count,
+            "train_acc": sums.correct / sums.count,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": sums.seconds,
+            "samples_per_s": sums.count / sums.seconds if sums.seconds > 0 else 0.0,
+        })
+        self.epoch, self.batch, self.partial = self.epoch + 1, 0, _EpochSums()
+        self._save(data_order=self.order.get_state(), batch=0)
+        if self.verbose:
+            row = self.history[-1]
+            print(f"epoch {row['epoch']:>3}/{self.config.epochs}  train loss {row['train_loss']:.4f} "
+                  f"acc {row['train_acc']:6.2%}  test loss {row['test_loss']:.4f} acc {row['test_acc']:6.2%}  "
+                  f"{row['seconds']:.1f} s  {row['samples_per_s']:.0f} samples/s", flush=True)
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _save(self, *, data_order: torch.Tensor, batch: int) -> None:
+        """Checkpoint, then metrics.jsonl and curves.png rebuilt from the same history (main process)."""
+        out = self.config.out
+        if out is None or not self.procs.is_main:
+            return
+        ckpt_io.save_checkpoint(out, {
+            "config": self.config.as_dict(),
+            "resolved": self.resolved,
+            "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "rng": ckpt_io.capture_rng(data_order),
+            "epoch": self.epoch,
+            "batch": batch,
+            "partial": self.partial.as_dict() if batch else _EpochSums().as_dict(),
+            "history": self.history,
+        })
+        if batch == 0:
+            write_metrics(os.path.join(out, ckpt_io.METRICS), self.history)
+            plot_curves(os.path.join(out, ckpt_io.CURVES), self.history, self._title())
+
+    def _title(self) -> str:
+        c, act = self.config, self.resolved.get("activation", {})
+        slope = f", slope {act['slope']:.4f}" if "slope" in act else ""
+        return (f"{c.model} depth {c.depth} width {c.width}, {act.get('name')}{slope}; {c.data}; "
+                f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
+
+    def _print_header(self) -> None:
+        act = self.resolved.get("activation", {})
+        detail = f" (slope {act['slope']:.6f}, scale {act['scale']:.6f}, eta {act['eta']:g})" if "slope" in act else ""
+        print(f"{self._title()}\n{act.get('name')}{detail}; {self.resolved['parameters']:,} parameters; "
+              f"{self.resolved['train_examples']} train / {self.resolved['test_examples']} test examples; "
+              f"device {self.device}" + (f" x {self.procs.world} processes" if self.procs.distributed else ""),
+              flush=True)
+
+    def _interrupted(self, batch: int) -> TrainResult:
+        if self.procs.is_main:
+            where = (f"saved {os.path.join(self.config.out, ckpt_io.CHECKPOINT)}; continue with --resume"
+                     if self.config.out else "nothing saved (no --out)")
+            print(f"interrupted at epoch {self.epoch + 1}, step {batch}/{len(self.sampler)}: {where}",
+                  file=sys.stderr, flush=True)
+        return self._result(interrupted=True)
+
+    def _result(self, interrupted: bool) -> TrainResult:
+        return TrainResult(self.config, self.resolved, list(self.history), self.core, interrupted, self.config.out)

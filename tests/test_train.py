@@ -1,0 +1,338 @@
+"""tat_ext.train: run files, exact resume (also after SIGKILL/SIGINT in a subprocess), torchrun with
+2 CPU processes vs 1, the execution flags, and every bad input of `tat-ext train`."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tat_ext import cli
+from tat_ext.train import TrainConfig, train
+from tat_ext.train.checkpoint import FORMAT
+from tat_ext.train.files import atomic_write
+from tat_ext.train.metrics import METRIC_KEYS
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only adds synchronization (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small vanilla TAT MLP on the digits: 13 nonlinear layers is the least that reaches eta = 0.9.
+TINY = ["--model", "vanilla_mlp", "--depth", "13", "--width", "16", "--seed", "3"]
+# Many short steps, so that a kill lands mid-epoch.
+LONG = TINY + ["--batch-size", "32", "--epochs", "3", "--lr", "3e-4"]
+
+
+def _env():
+    # One thread: bitwise equality needs the same reduction order in every process.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "tat_ext", "train", *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _model_state(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
+
+
+def _assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _rows(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _wait_for(path, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+# -- files of a run ---------------------------------------------------------------------------------
+
+
+def test_train_writes_well_formed_run_files(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    result = train(TrainConfig(model="vanilla_mlp", depth=13, width=16, epochs=2, out=out), progress=False)
+    assert result.test_acc is not None and 0.0 <= result.test_acc <= 1.0
+    assert "final test accuracy" in capsys.readouterr().out
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(set(METRIC_KEYS) <= set(r) for r in rows)
+    assert rows == result.history
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    act = config["resolved"]["activation"]
+    assert config["config"]["depth"] == 13 and config["config"]["lr"] == 3e-4
+    assert act["slope"] == result.model.activation.slope and act["scale"] == result.model.activation.scale
+    with open(os.path.join(out, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ckpt["format"] == FORMAT and ckpt["epoch"] == 2 and ckpt["batch"] == 0
+    assert {"torch", "numpy", "python", "data_order"} <= set(ckpt["rng"])
+    _assert_bitwise_equal(ckpt["model"], result.model.state_dict())
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_resume_in_process_is_bitwise_for_a_conv_net(tmp_path):
+    """Resume at an epoch boundary (a constant schedule may be extended) with the fused convs."""
+    base = TrainConfig(model="vanilla_resnet", depth=18, width=2, schedule="constant", batch_size=128, seed=1)
+    whole = train(TrainConfig(**{**base.as_dict(), "epochs": 2}), progress=False, verbose=False)
+    out = str(tmp_path / "run")
+    train(TrainConfig(**{**base.as_dict(), "epochs": 1, "out": out}), progress=False, verbose=False)
+    resumed = train(TrainConfig(**{**base.as_dict(), "epochs": 2, "out": out, "resume": True}),
+                    progress=False, verbose=False)
+    _assert_bitwise_equal(resumed.model.state_dict(), whole.model.state_dict())
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+
+
+# -- crashes and interrupts (subprocesses) --------------------------------------------------------
+
+
+def _start_mid_epoch_wait(out, proc, fraction=0.5):
+    """Wait until epoch 1 is complete and written (curves.png is the last file), then `fraction`
+    of an epoch more: the next signal lands in the middle of epoch 2 (unless the machine's speed
+    changed a lot since epoch 1; the callers check)."""
+    _wait_for(os.path.join(out, "curves.png"), proc)
+    time.sleep(fraction * _rows(out)[0]["seconds"])
+
+
+def test_resume_after_sigkill_or_ctrl_c_is_bitwise(tmp_path):
+    """An uninterrupted run; one killed with SIGKILL mid-epoch; one stopped with Ctrl-C mid-epoch.
+    Both interrupted runs, resumed, end with bitwise the uninterrupted weights."""
+    whole, killed, stopped = (str(tmp_path / n) for n in ("whole", "killed", "stopped"))
+    reference = _cli(LONG + ["--out", whole])
+    proc = _cli(LONG + ["--out", killed])
+    _start_mid_epoch_wait(killed, proc)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    # A temporary left by a write cut short must neither be read nor stay behind.
+    with open(os.path.join(killed, ".checkpoint.pt.tmp-99999"), "wb") as f:
+        f.write(b"half a checkpoint")
+    resumed = [_cli(LONG + ["--out", killed, "--resume"])]
+
+    # Ctrl-C mid-epoch: epoch 1 (the timing reference) can be slower than epoch 2 (warm-up, a
+    # busy machine), so a signal may land after epoch 2; then try again, earlier.
+    for fraction in (0.5, 0.2, 0.05):
+        shutil.rmtree(stopped, ignore_errors=True)
+        proc = _cli(LONG + ["--out", stopped])
+        _start_mid_epoch_wait(stopped, proc, fraction)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "interrupted at epoch" in err and "Traceback" not in err, err[-300:]
+        ckpt = torch.load(os.path.join(stopped, "checkpoint.pt"), weights_only=True)
+        if ckpt["batch"] > 0:
+            break
+    assert ckpt["epoch"] < 3 and 0 < ckpt["batch"] < 45, (ckpt["epoch"], ckpt["batch"])  # saved mid-epoch
+    resumed.append(_cli(LONG + ["--out", stopped, "--resume"]))
+
+    for proc in [reference] + resumed:
+        assert proc.wait(timeout=300) == 0, proc.communicate()
+    for out in (killed, stopped):
+        _assert_bitwise_equal(_model_state(out), _model_state(whole))
+        assert [r["train_loss"] for r in _rows(out)] == [r["train_loss"] for r in _rows(whole)]
+        assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_atomic_write_survives_sigkill_mid_write(tmp_path):
+    """A process killed while writing leaves the previous file intact."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the last good checkpoint")
+    code = ("import os, signal, sys\n"
+            "from tat_ext.train.files import atomic_write\n"
+            "def write(f):\n"
+            "    f.write(b'partial'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"atomic_write({str(path)!r}, write)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == b"the last good checkpoint"
+    strays = [n for n in os.listdir(tmp_path) if n != "checkpoint.pt"]
+    assert len(strays) == 1 and strays[0].startswith(".checkpoint.pt.tmp-")  # the killed writer's
+
+    def failing(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(str(path), failing)
+    assert path.read_bytes() == b"the last good checkpoint"
+    assert f".checkpoint.pt.tmp-{os.getpid()}" not in os.listdir(tmp_path)
+
+
+# -- torchrun ---------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_cpu_processes_match_one(tmp_path):
+    args = TINY + ["--batch-size", "32", "--epochs", "2", "--device", "cpu"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    proc = _cli(args + ["--out", one])
+    ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            "-m", "tat_ext", "train", *args, "--out", two], cwd=ROOT, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.wait(timeout=300) == 0, proc.communicate()
+    out, err = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, err
+    assert out.count("final test accuracy") == 1  # only rank 0 prints
+    with open(os.path.join(two, "config.json")) as f:
+        assert json.load(f)["resolved"]["world_size"] == 2
+    for a, b in zip(_rows(one), _rows(two)):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    a, b = _model_state(one), _model_state(two)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+# -- execution flags --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [dict(amp=True), dict(channels_last=True), dict(model="resnet"),
+                                   dict(shortcut_weight=0.5, activation="tat-softplus")])
+def test_flags_and_families_train(flags):
+    config = TrainConfig(**{"model": "vanilla_resnet", "depth": 18, "width": 2, "epochs": 1, "batch_size": 256,
+                            **flags})
+    result = train(config, progress=False, verbose=False)
+    assert 0.0 <= result.test_acc <= 1.0 and all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_compile_smoke():
+    config = TrainConfig(model="vanilla_mlp", depth=13, width=8, epochs=1, batch_size=512, compile=True)
+    result = train(config, progress=False, verbose=False)
+    assert 0.0 <= result.test_acc <= 1.0
+
+
+# -- bad input: one line on stderr, status 2, nothing on disk lost ----------------------------------
+
+
+def _run_main(args, capsys):
+    status = cli.main(["train", *args])
+    err = capsys.readouterr().err
+    return status, err
+
+
+def _snapshot(directory):
+    return {n: open(os.path.join(directory, n), "rb").read() for n in sorted(os.listdir(directory))}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("done") / "run")
+    train(TrainConfig(model="vanilla_mlp", depth=13, width=8, epochs=1, out=out), progress=False, verbose=False)
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--depth", "42"], "depth must be one of 18, 34, 50, 101, 152, 200"),
+    (["--model", "vanilla_mlp", "--depth", "5"], "needs at least 13 nonlinear layers"),
+    (["--depth", "18", "--eta", "0.97"], "needs at least"),
+    (["--activation", "swishy"], "activation must be one of trelu, relu"),
+    (["--activation", "relu", "--eta", "0.9"], "--eta: applies to --activation trelu"),
+    (["--lr", "-1"], "--lr: must lie in (0, inf)"),
+    (["--lr", "nan"], "--lr: must be a finite number"),
+    (["--label-smoothing", "1.5"], "--label-smoothing: must lie in [0, 1)"),
+    (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--epochs", "0"], "--epochs: must be an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+    (["--batch-size", "5000"], "larger than the training set"),
+    (["--shortcut-weight", "1.0"], "--shortcut-weight: must lie in [0, 1)"),
+    (["--warmup-epochs", "20"], "--warmup-epochs: must be below --epochs"),
+    (["--data", "cifar10"], "--data-dir: --data cifar10 needs the folder"),
+    (["--data-dir", "/tmp"], "--data-dir: applies to --data cifar10 only"),
+    (["--device", "tpu"], "--device"),
+    (["--resume"], "--resume: needs --out"),
+])
+def test_bad_settings(args, message, capsys):
+    status, err = _run_main(args, capsys)
+    assert status == 2 and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu(capsys):
+    status, err = _run_main(["--device", "cuda"], capsys)
+    assert status == 2 and "no CUDA GPU is available" in err and err.count("\n") == 1
+
+
+def test_missing_and_corrupt_data_dir(tmp_path, capsys):
+    status, err = _run_main(["--data", "cifar10", "--data-dir", str(tmp_path / "none")], capsys)
+    assert status == 2 and "is not a directory" in err and err.count("\n") == 1
+    from test_datasets import make_fake_cifar
+
+    make_fake_cifar(tmp_path)
+    (tmp_path / "data_batch_2").write_bytes(b"not a pickle")
+    status, err = _run_main(["--data", "cifar10", "--data-dir", str(tmp_path)], capsys)
+    assert status == 2 and "data_batch_2 is not a readable CIFAR-10" in err and err.count("\n") == 1
+
+
+def test_out_holding_another_run_is_left_alone(finished_run, capsys):
+    before = _snapshot(finished_run)
+    status, err = _run_main(TINY + ["--out", finished_run], capsys)
+    assert status == 2 and "already holds a run" in err and err.count("\n") == 1
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_with_other_settings_is_refused(finished_run, capsys):
+    before = _snapshot(finished_run)
+    status, err = _run_main(["--model", "vanilla_mlp", "--depth", "13", "--width", "8", "--epochs", "1",
+                             "--lr", "0.01", "--out", finished_run, "--resume"], capsys)
+    assert status == 2 and "--lr 0.0003 -> 0.01" in err and err.count("\n") == 1
+    assert _snapshot(finished_run) == before
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(tmp_path, finished_run, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, data in _snapshot(finished_run).items():
+        (out / name).write_bytes(data)
+    path = out / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    before = _snapshot(str(out))
+    status, err = _run_main(["--model", "vanilla_mlp", "--depth", "13", "--width", "8", "--epochs", "1",
+                             "--out", str(out), "--resume"], capsys)
+    assert status == 2 and "checkpoint.pt is corrupt" in err and err.count("\n") == 1
+    assert _snapshot(str(out)) == before
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    status, err = _run_main(TINY + ["--out", str(tmp_path / "empty"), "--resume"], capsys)
+    assert status == 2 and "holds no run to continue" in err
+    assert not os.path.exists(tmp_path / "empty")
+
+
+def test_divergence_is_reported_not_trained_on(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    status, err = _run_main(TINY + ["--optimizer", "sgd", "--lr", "1e4", "--epochs", "2", "--out", out], capsys)
+    assert status == 1 and "training diverged in epoch 1" in err and "--lr" in err and err.count("\n") == 1
+    assert not os.path.exists(os.path.join(out, "checkpoint.pt"))  # the diverged state is not saved
+
+
+def test_compare_reports_both_runs(capsys):
+    from tat_ext.train.compare import compare, format_table
+
+    base = TrainConfig(model="vanilla_mlp", depth=13, width=8, epochs=1)
+    outcomes = compare(base, lrs=(1e-3, 1e4), progress=False)
+    table = format_table(base, outcomes)
+    assert [(a, lr) for a, lr, _ in outcomes] == [("trelu", 1e-3), ("trelu", 1e4), ("relu", 1e-3), ("relu", 1e4)]
+    lines = table.splitlines()
+    assert "lr 0.001" in lines[1] and "lr 10000" in lines[1]
+    assert lines[2].startswith("TAT (TReLU)") and "%" in lines[2] and "diverged" in lines[2]
+    assert lines[3].startswith("EOC ReLU") and "diverged" in lines[3]
