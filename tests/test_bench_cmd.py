@@ -150,3 +150,33 @@ def test_overhead_part(tmp_path, capsys):
         assert r["fused_fwdbwd_vs_eager"] > 0
         assert r["fused_fwd_extra_us"] == pytest.approx(
             r["variants"]["fused"]["fwd_us"] - r["variants"]["leaky_relu"]["fwd_us"])
+
+
+def test_vanilla_resnet_training_step(tmp_path):
+    code, out = _bench(tmp_path, "--part", "model", "--model", "vanilla-resnet", "--depth", "18",
+                       "--width", "2", "--resolution", "8", "--batch", "2", "--variants",
+                       "eager,fused", "--no-plots")
+    assert code == 0
+    (model,) = json.loads((out / "bench.json").read_text())["model"]
+    assert model["model"] == "vanilla-resnet" and model["losses_agree"] is True
+    assert model["variants"]["fused"]["saved_bytes"] < model["variants"]["eager"]["saved_bytes"]
+
+
+def test_bench_train_goal_verdicts():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "bench" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    step = lambda ms: {"median_ms": ms}  # noqa: E731
+    record = {"dtype": "float32", "layout": "nchw",
+              "variants": {"eager": {"step": step(10.0), "saved_bytes": 100, "peak_bytes": 0},
+                           "compile": {"step": step(9.0), "saved_bytes": 60, "peak_bytes": 0},
+                           "fused": {"step": step(8.0), "saved_bytes": 50, "peak_bytes": 0}},
+              "speedup": {"fused_vs_eager": {"step": 1.25}, "fused_vs_compile": {"step": 1.125}}}
+    assert [met for *_, met in bench_train.verdicts("resnet50", record, "cpu")] == [True] * 3
+    assert [met for *_, met in bench_train.verdicts("digits99", record, "cpu")] == [True]
+    record["variants"]["fused"]["step"] = step(9.5)
+    assert [met for *_, met in bench_train.verdicts("digits99", record, "cpu")] == [False]

@@ -216,3 +216,31 @@ def test_small_input_strides_keep_an_8x8_map():
     assert for_input(plan, False, None).strides == (1, 2, 2, 2)
     assert final_spatial_size(for_input(plan, False, None), 224, small_input=False) == 7
     assert vanilla_resnet(18, 10, **SMALL)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("family", ["vanilla_resnet", "vanilla_mlp"])
+def test_unfused_build_is_the_same_network_from_plain_ops(family):
+    """fused=False: conv/linear with bias + scale * leaky_relu, same state_dict and function."""
+    from tat_ext.models.layers import EagerTReLU
+
+    torch.manual_seed(0)
+    if family == "vanilla_resnet":
+        make = lambda fused: vanilla_resnet(18, 10, width=4, in_channels=1, small_input=True,  # noqa: E731
+                                            input_size=8, fused=fused)
+        x = torch.randn(3, 1, 8, 8)
+    else:
+        make = lambda fused: vanilla_mlp(16, 8, 10, fused=fused)  # noqa: E731
+        x = torch.randn(3, 64)
+    fused, plain = make(True), make(False)
+    with torch.no_grad():  # nonzero biases, so where the bias is added matters
+        for p in fused.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    plain.load_state_dict(fused.state_dict())
+    assert not any(isinstance(m, (TATConv2d, TATLinear)) for m in plain.modules())
+    assert any(isinstance(m, EagerTReLU) for m in plain.modules())
+    assert plain.activation.slope == fused.activation.slope
+    torch.testing.assert_close(plain(x), fused(x), rtol=1e-5, atol=1e-5)
+    g_plain = torch.autograd.grad(plain(x).square().sum(), list(plain.parameters()))
+    g_fused = torch.autograd.grad(fused(x).square().sum(), list(fused.parameters()))
+    for a, b in zip(g_plain, g_fused):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

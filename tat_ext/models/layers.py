@@ -32,6 +32,7 @@ from tat_ext.nn import TATConv2d, TATLinear, TReLU
 
 __all__ = [
     "ActivationChoice",
+    "EagerTReLU",
     "ActConv2d",
     "ActLinear",
     "Activation",
@@ -70,6 +71,21 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.fn)
+
+
+class EagerTReLU(nn.Module):
+    """``scale * leaky_relu(x, slope)`` from plain PyTorch ops: TReLU as written without tat_ext
+    (the unfused counterpart of the fused layers, for benchmarks and comparisons)."""
+
+    def __init__(self, slope: float, scale: float) -> None:
+        super().__init__()
+        self.slope, self.scale = slope, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.leaky_relu(x, self.slope)
+
+    def extra_repr(self) -> str:
+        return f"slope={self.slope:.10g}, scale={self.scale:.10g}"
 
 
 class ActConv2d(nn.Conv2d):
@@ -115,14 +131,17 @@ class ActivationChoice:
     scale: Optional[float] = None
     fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     params: Dict[str, object] = field(default_factory=dict)
+    fused_kernels: bool = True  # "trelu": tat_ext's fused layers, else plain PyTorch ops
 
     @classmethod
     def resolve(cls, name: object, subnet_max_func: SubnetMaxFunc, eta: float = 0.9,
-                chain_depth: Optional[int] = None) -> "ActivationChoice":
+                chain_depth: Optional[int] = None, fused: bool = True) -> "ActivationChoice":
         """Solve ``name``'s parameters for the architecture that ``subnet_max_func`` describes.
 
         ``chain_depth``: the number of nonlinear layers when the architecture is a plain chain; an
-        unreachable ``eta`` is then reported with the minimum depth it needs.
+        unreachable ``eta`` is then reported with the minimum depth it needs. ``fused=False``
+        builds ``"trelu"`` from plain PyTorch ops (conv with bias, then
+        :class:`EagerTReLU`): the same function and state_dict, without tat_ext's kernels.
 
         Raises:
             ValueError: an unknown name (the message lists the valid ones), a bad ``eta``, or a
@@ -148,8 +167,11 @@ class ActivationChoice:
                 except ValueError as chain_error:
                     error = chain_error
                 raise ValueError(f"eta (a chain of {chain_depth} nonlinear layers): {error}") from None
+            if not isinstance(fused, bool):
+                raise ValueError(f"fused must be a bool, got {fused!r}")
             return cls(name, init_gain=1.0, slope=solved.slope, scale=solved.scale,
-                       params={"eta": eta, "slope": solved.slope, "scale": solved.scale, "c0": solved.c0})
+                       params={"eta": eta, "slope": solved.slope, "scale": solved.scale, "c0": solved.c0},
+                       fused_kernels=fused)
         from tat_ext.transform import get_transformed_activations
 
         method, base = name.split("-", 1)
@@ -163,9 +185,11 @@ class ActivationChoice:
     @property
     def fused(self) -> bool:
         """True when the layers are TATConv2d/TATLinear (the fused bias + TReLU)."""
-        return self.name == "trelu"
+        return self.name == "trelu" and self.fused_kernels
 
     def _function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.name == "trelu":
+            return EagerTReLU(self.slope, self.scale)
         return F.relu if self.name == "relu" else self.fn
 
     def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
@@ -185,6 +209,8 @@ class ActivationChoice:
         """This activation on its own (no bias), for the activation after a weighted sum."""
         if self.fused:
             return TReLU(self.slope, self.scale)
+        if self.name == "trelu":
+            return EagerTReLU(self.slope, self.scale)
         return nn.ReLU() if self.name == "relu" else Activation(self.fn)
 
 

@@ -17,14 +17,15 @@ class VanillaMLP(nn.Module):
     """See :func:`vanilla_mlp`. Attributes: ``activation`` (the resolved ActivationChoice), ``depth``."""
 
     def __init__(self, depth: int, width: int, num_classes: int, *, in_features: int,
-                 activation: str = "trelu", eta: float = 0.9) -> None:
+                 activation: str = "trelu", eta: float = 0.9, fused: bool = True) -> None:
         super().__init__()
         for name, value in (("depth", depth), ("width", width), ("num_classes", num_classes),
                             ("in_features", in_features)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.depth = int(depth)
-        self.activation = ActivationChoice.resolve(activation, self.subnet_max_func, eta, chain_depth=self.depth)
+        self.activation = ActivationChoice.resolve(activation, self.subnet_max_func, eta,
+                                                   chain_depth=self.depth, fused=fused)
         self.normalize = PerLocationNorm(channel_dim=-1)
         sizes = [in_features + 1] + [width] * depth
         self.layers = nn.Sequential(*(self.activation.linear(a, b) for a, b in zip(sizes, sizes[1:])))
@@ -42,7 +43,7 @@ class VanillaMLP(nn.Module):
 
 
 def vanilla_mlp(depth: int, width: int, num_classes: int, *, in_features: int = 64,
-                activation: str = "trelu", eta: float = 0.9) -> VanillaMLP:
+                activation: str = "trelu", eta: float = 0.9, fused: bool = True) -> VanillaMLP:
     """A vanilla MLP with ``depth`` nonlinear (hidden) layers of ``width`` units.
 
     Args:
@@ -50,10 +51,11 @@ def vanilla_mlp(depth: int, width: int, num_classes: int, *, in_features: int = 
         width: hidden units per layer.
         num_classes: classifier outputs.
         in_features: inputs per example after flattening (64 for the 8x8 digits).
-        activation, eta: as for :func:`tat_ext.models.vanilla_resnet`.
+        activation, eta, fused: as for :func:`tat_ext.models.vanilla_resnet`.
 
     Raises:
         ValueError: an out-of-range argument (named), an unknown activation, or an ``eta`` the
             depth cannot reach (the message names the minimum depth).
     """
-    return VanillaMLP(depth, width, num_classes, in_features=in_features, activation=activation, eta=eta)
+    return VanillaMLP(depth, width, num_classes, in_features=in_features, activation=activation, eta=eta,
+                      fused=fused)

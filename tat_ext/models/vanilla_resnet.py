@@ -81,7 +81,7 @@ class VanillaResNet(nn.Module):
 
     def __init__(self, plan: StagePlan, num_classes: int, *, activation: str = "trelu", eta: float = 0.9,
                  shortcut_weight: float = 0.0, in_channels: int = 3, small_input: bool = False,
-                 input_size: Union[int, None] = None) -> None:
+                 input_size: Union[int, None] = None, fused: bool = True) -> None:
         super().__init__()
         _check_common(num_classes, in_channels, shortcut_weight, small_input)
         if small_input and input_size is None:
@@ -93,7 +93,8 @@ class VanillaResNet(nn.Module):
         self.shortcut_weight = float(shortcut_weight)
         chain = shortcut_weight == 0.0
         self.activation = ActivationChoice.resolve(activation, self.subnet_max_func, eta,
-                                                   chain_depth=plan.depth - 1 if chain else None)
+                                                   chain_depth=plan.depth - 1 if chain else None,
+                                                   fused=fused)
         act = self.activation
 
         self.normalize = PerLocationNorm(channel_dim=1)
@@ -145,7 +146,8 @@ def _check_common(num_classes: object, in_channels: object, shortcut_weight: obj
 def vanilla_resnet(depth: Optional[int], num_classes: int, *, width: int = 64, activation: str = "trelu",
                    eta: float = 0.9, shortcut_weight: float = 0.0, in_channels: int = 3,
                    small_input: bool = False, input_size: Optional[int] = None,
-                   blocks: Optional[Sequence[int]] = None, bottleneck: Optional[bool] = None) -> VanillaResNet:
+                   blocks: Optional[Sequence[int]] = None, bottleneck: Optional[bool] = None,
+                   fused: bool = True) -> VanillaResNet:
     """A vanilla ResNet-V2-shaped network, initialized for TAT (or for the activation chosen).
 
     Args:
@@ -166,6 +168,8 @@ def vanilla_resnet(depth: Optional[int], num_classes: int, *, width: int = 64, a
         input_size: image side for ``small_input`` (default 32), which sizes the flatten head.
         blocks, bottleneck: a custom plan (blocks per stage, 1–4 stages; bottleneck default True)
             instead of a standard depth.
+        fused: for ``"trelu"``, False builds the same network (same state_dict) from plain
+            PyTorch ops — conv with bias, then ``scale * leaky_relu`` — to compare against.
 
     Raises:
         ValueError: an unsupported depth, an unknown activation (the valid ones are listed), an
@@ -174,4 +178,5 @@ def vanilla_resnet(depth: Optional[int], num_classes: int, *, width: int = 64, a
     """
     plan = stage_plan(depth, width, blocks, bottleneck)
     return VanillaResNet(plan, num_classes, activation=activation, eta=eta, shortcut_weight=shortcut_weight,
-                         in_channels=in_channels, small_input=small_input, input_size=input_size)
+                         in_channels=in_channels, small_input=small_input, input_size=input_size,
+                         fused=fused)

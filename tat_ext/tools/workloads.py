@@ -2,8 +2,12 @@
 PyTorch, torch.compile of it, the fused op) and a training step of a deep vanilla model built either
 from plain PyTorch (nn.Conv2d + leaky_relu) or from the fused modules (TATConv2d).
 
-Models: "conv-chain", a plain deep stack of 3x3 convolutions (TAT's setting: no skips, no
-normalization), initialized with `tat_init_` and using the TReLU slope solved for its depth.
+Models, each built fused (tat_ext's layers) and unfused (plain PyTorch ops, same state_dict):
+- "conv-chain": a plain deep stack of `depth` 3x3 convolutions of `width` channels (TAT's
+  setting: no skips, no normalization), with the TReLU slope solved for its depth;
+- "vanilla-resnet": tat_ext.models.vanilla_resnet of ResNet depth `depth` (18..200, w = 0, so
+  depth - 1 nonlinear layers) and first-stage width `width`, with the small-input stem and head.
+Both are initialized with `tat_init_`.
 """
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ from torch import nn
 
 import tat_ext
 from tat_ext.init import tat_init_
+from tat_ext.models import vanilla_resnet
+from tat_ext.models.common import stage_plan
+from tat_ext.models.layers import EagerTReLU
 from tat_ext.nn import TATConv2d
 from tat_ext.tools.common import UsageError
 from tat_ext.transform import solve_trelu
@@ -86,7 +93,7 @@ def activation_bytes_estimate(elements: int, itemsize: int) -> int:
     return 10 * elements * itemsize
 
 
-MODELS = ("conv-chain",)
+MODELS = ("conv-chain", "vanilla-resnet")
 # Training-step sizes per device type: a few seconds per variant on a 2-core CPU; on a GPU,
 # activations of 32 MiB (fp32) per layer, large enough that the kernels rather than launches count.
 MODEL_DEFAULTS = {"cpu": dict(depth=50, width=16, resolution=16, batch=8),
@@ -112,17 +119,6 @@ class ModelSpec:
         return p.slope, p.scale
 
 
-class _EagerTReLU(nn.Module):
-    """scale * leaky_relu(x, slope): the activation as written without tat_ext."""
-
-    def __init__(self, slope: float, scale: float) -> None:
-        super().__init__()
-        self.slope, self.scale = slope, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.leaky_relu(x, self.slope)
-
-
 class ConvChain(nn.Module):
     """`depth` 3x3 convs (same padding), each followed by the TReLU, then global average pooling
     and a linear classifier. fused=True: TATConv2d (the conv's bias added by the fused op);
@@ -138,7 +134,7 @@ class ConvChain(nn.Module):
             self.acts = nn.ModuleList(nn.Identity() for _ in range(spec.depth))
         else:
             self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:]))
-            self.acts = nn.ModuleList(_EagerTReLU(slope, scale) for _ in range(spec.depth))
+            self.acts = nn.ModuleList(EagerTReLU(slope, scale) for _ in range(spec.depth))
         self.head = nn.Linear(spec.width, spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +152,13 @@ def model_spec(name: str, depth: int, width: int, resolution: int, batch: int) -
         if value < 1:
             raise UsageError(argument, f"must be >= 1, got {value}")
     spec = ModelSpec(name, depth, width, resolution, batch)
-    spec.trelu()
+    if name == "vanilla-resnet":
+        try:
+            stage_plan(depth, width, None, None)
+        except ValueError as error:
+            raise UsageError("--depth", str(error)) from None
+    else:
+        spec.trelu()
     return spec
 
 
@@ -164,6 +166,10 @@ def build_model(spec: ModelSpec, fused: bool) -> nn.Module:
     """The model `spec` names, unfused (plain PyTorch ops) or fused (tat_ext modules)."""
     if spec.name == "conv-chain":
         return ConvChain(spec, fused)
+    if spec.name == "vanilla-resnet":
+        return vanilla_resnet(spec.depth, spec.num_classes, width=spec.width,
+                              in_channels=spec.in_channels, small_input=True,
+                              input_size=spec.resolution, fused=fused)
     raise UsageError("--model", f"unknown model {spec.name!r}; one of {', '.join(MODELS)}")
 
 
@@ -209,9 +215,11 @@ def make_train_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor,
 
 def model_bytes_estimate(spec: ModelSpec, itemsize: int) -> int:
     """Peak bytes of a training step: unfused keeps two activations per layer for backward (the
-    conv output and the activation output), plus a few in flight; weights, grads and momentum."""
-    act = spec.batch * spec.width * spec.resolution ** 2 * itemsize
-    params = spec.depth * (9 * spec.width * spec.width + spec.width) * itemsize
+    conv output and the activation output), plus a few in flight; weights, grads and momentum.
+    (vanilla-resnet: bounded by its widest stage, 32 x width channels, at full resolution.)"""
+    channels = spec.width * (32 if spec.name == "vanilla-resnet" else 1)
+    act = spec.batch * channels * spec.resolution ** 2 * itemsize
+    params = spec.depth * (9 * channels * channels + channels) * itemsize
     return (2 * spec.depth + 4) * act + 3 * params + 4 * spec.batch * spec.in_channels * \
         spec.resolution ** 2 * itemsize
 
