@@ -15,8 +15,8 @@
 #   summary.md     step table, test counts, sanitizer verdicts, bandwidth, benchmark vs goals
 #                  (rewritten after every step: a run cut short still leaves one)
 #   build.log  tests.log (pytest, then tat-ext verify)  sanitizer.log  bench.log
-#   bench/bench.json, bench/report.txt   tat-ext bench's results, rewritten after each
-#                                        configuration (its copy ceiling is per size)
+#   bench/bench.json, model/bench.json   tat-ext bench's results (activation and fixed cost per
+#                                        call; training step), rewritten after each configuration
 # Every step has a time limit, and the limits sum to less than the budget (GPU_CHECK_BUDGET_S,
 # default 480 s: the whole run ends within 8 minutes); a step also stops at the deadline. A
 # failing step is recorded and the next one runs. Exit status: the number of failed steps.
@@ -44,9 +44,10 @@ failed=0
 # To add a step, give it a limit here (keep the sum within the budget, e.g. by taking time from
 # bench), list it in `steps`, and add its run_step call below.
 declare -A limit=(
-  [build]=100 [tests]=120 [verify]=40 [memcheck]=40 [initcheck]=25 [racecheck]=25 [bench]=110
+  [build]=95 [tests]=110 [verify]=35 [memcheck]=35 [initcheck]=20 [racecheck]=20 [bench]=75
+  [bench_model]=70
 )
-steps="build tests verify memcheck initcheck racecheck bench"
+steps="build tests verify memcheck initcheck racecheck bench bench_model"
 total=0 limits_text=""
 for s in $steps; do
   total=$((total + limit[$s]))
@@ -166,11 +167,26 @@ else
     bench/sanitize_small.py --dtypes float32,bfloat16
 fi
 
-# ---- benchmark: tat-ext bench's gpu preset (activation 8K-256M elements, fp32/bf16, both
-# layouts, each timed against a same-size copy; a 50-layer training step), saved as it goes ----
+# ---- benchmark: tat-ext bench's gpu preset, in two runs so that neither starves the other:
+# the fixed cost per call and the activation at 64-256 MB (fp32/bf16, both layouts, each timed
+# against a same-size copy), then the training step of a vanilla TAT ResNet-50. Each JSON is
+# rewritten after every configuration; report.txt duplicates bench.log and is dropped (OUTDIR
+# holds at most 8 files).
+bench_run() {  # NAME PARTS BUDGET_S
+  rm -rf "$out/$1"
+  "$py" -m tat_ext bench --device cuda --preset gpu --part "$2" --time-budget "$3" \
+    --no-progress --no-plots --out "$out/$1"
+  local rc=$?
+  rm -f "$out/$1/report.txt"
+  return $rc
+}
+export -f bench_run
+export out py
 if [ $built -eq 0 ] || [ "$dry" = "1" ] || [ "$build_only" = "1" ]; then
-  run_step bench bench.log "$py" -m tat_ext bench --device cuda --preset gpu \
-    --time-budget $((limit[bench] - 20)) --no-progress --no-plots --out "$out/bench"
+  run_step bench bench.log bash -c 'bench_run "$@"' bench bench overhead,activation \
+    $((limit[bench] - 20))
+  run_step bench_model bench.log bash -c 'bench_run "$@"' bench model model \
+    $((limit[bench_model] - 25))
 fi
 
 write_summary

@@ -111,9 +111,23 @@ def bench_lines(text: str) -> list[str]:
         step = {k: v["step"]["median_ms"] for k, v in m["variants"].items()}
         lines.append(f"\nmodel {m['model']} depth {m['depth']} ({m['dtype']}, {m['layout']}): step "
                      + ", ".join(f"{k} {v:.2f} ms" for k, v in step.items()))
+        if m["model"] == "vanilla-resnet" and m["depth"] == 50:  # issue 7's training-step goals
+            lines += [f"- {'met' if met else 'MISSED'}: {goal}: {measured}"
+                      for goal, measured, met in _bench_train().verdicts("resnet50", m, "cuda")]
     if not bench.get("complete", True):
         lines.append("\n(partial: the benchmark stopped before its last configuration)")
     return lines
+
+
+def _bench_train():
+    """bench/bench_train.py, whose verdicts() states the training-step goals."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_train.py")
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(out: str, steps_tsv: str) -> None:
@@ -128,6 +142,7 @@ def main(out: str, steps_tsv: str) -> None:
     lines += [sanitizer_line(read(out, "sanitizer.log")), ""]
     lines += verify_lines(sections(read(out, "tests.log")).get("verify", ""))
     lines += bench_lines(read(out, os.path.join("bench", "bench.json")))
+    lines += [""] + bench_lines(read(out, os.path.join("model", "bench.json")))
     tmp = os.path.join(out, ".summary.md.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -23,9 +23,11 @@ MALLOC_TRIM_THRESHOLD_=68719476736 keep freed memory in the process (see bench/r
 
 Presets (explicit options override them):
   --preset quick   tiny sizes and model, a few repetitions: a smoke test in well under a minute
-  --preset gpu     what bench/gpu_check.sh records: 8K-256M elements, fp32/bf16, both layouts,
-                   and a 50-layer 64-channel chain at 32x32, batch 128, bf16 channels_last
-                   (sized for about a minute per --part on an H100; an estimate)
+  --preset gpu     what bench/gpu_check.sh records: 16M and 64M elements (64-256 MB in fp32),
+                   fp32/bf16, both layouts,
+                   a vanilla TAT ResNet-50 (width 64, 32x32, batch 128, bf16 channels_last)
+                   and the fixed cost per call (sized for about a minute per --part on an
+                   H100; an estimate)
 """
 from __future__ import annotations
 
@@ -60,17 +62,17 @@ _BACK_TO_BACK_MAX_ELEMENTS = 1 << 20
 # Defaults per device, then per preset; explicit options win over both.
 _DEFAULTS = {
     "cpu": dict(sizes="2K,8K,64K,1M,4M,16M", dtype="float32,bfloat16", layout="nchw,channels_last",
-                reps=10, min_time=0.2, **workloads.MODEL_DEFAULTS["cpu"]),
+                reps=10, min_time=0.2, model="conv-chain", **workloads.MODEL_DEFAULTS["cpu"]),
     "cuda": dict(sizes="2K,8K,1M,16M,64M,256M", dtype="float32,bfloat16",
-                 layout="nchw,channels_last", reps=20, min_time=0.1,
+                 layout="nchw,channels_last", reps=20, min_time=0.1, model="conv-chain",
                  **workloads.MODEL_DEFAULTS["cuda"]),
 }
 PRESETS = {
     "quick": dict(sizes="2K,64K", dtype="float32", layout="nchw", depth=13, width=8, resolution=8,
                   batch=4, reps=3, min_time=0.0),
-    "gpu": dict(sizes="8K,1M,64M,256M", dtype="float32,bfloat16", layout="nchw,channels_last",
-                model_dtype="bfloat16", model_layout="channels_last", depth=50, width=64,
-                resolution=32, batch=128, reps=20, min_time=0.05),
+    "gpu": dict(sizes="16M,64M", dtype="float32,bfloat16", layout="nchw,channels_last",
+                model="vanilla-resnet", model_dtype="bfloat16", model_layout="channels_last",
+                depth=50, width=64, resolution=32, batch=128, reps=20, min_time=0.05),
 }
 
 
@@ -93,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", help=f"model variants from {', '.join(MODEL_VARIANTS)} "
                                            "(default eager,compile,fused; the activation part "
                                            "runs the first three)")
-    parser.add_argument("--model", default="conv-chain",
-                        help=f"model for the training step: {', '.join(workloads.MODELS)}")
+    parser.add_argument("--model",
+                        help=f"model for the training step: {', '.join(workloads.MODELS)} "
+                             "(default conv-chain; the gpu preset: vanilla-resnet)")
     parser.add_argument("--depth", type=int, help="nonlinear layers (default 50; >= 13)")
     parser.add_argument("--width", type=int, help="channels (default 16 on cpu, 64 on cuda)")
     parser.add_argument("--resolution", type=int, help="input height = width (default 16 / 32)")
@@ -171,7 +174,7 @@ def _settings(args: argparse.Namespace) -> _Settings:
     if "eager" not in variants:
         raise UsageError("--variants", "eager is the baseline every ratio refers to; keep it")
     # Checked even when only the activation part runs: a bad option is never silently ignored.
-    spec = workloads.model_spec(args.model, values["depth"], values["width"],
+    spec = workloads.model_spec(values["model"], values["depth"], values["width"],
                                 values["resolution"], values["batch"])
     if args.time_budget is not None:
         _at_least(args.time_budget, "--time-budget", 0.0)
