@@ -22,19 +22,16 @@ import sys
 
 from tat_ext.cli import main as tat_ext_main
 
-WORKLOADS = {
+_DIGITS99 = ["--model", "conv-chain", "--depth", "99", "--width", "16", "--resolution", "8",
+             "--batch", "64", "--dtype", "float32", "--layout", "nchw,channels_last"]
+WORKLOADS = {  # tat-ext bench flags per device type
     "resnet50": dict(cpu=["--model", "vanilla-resnet", "--depth", "50", "--width", "8",
                           "--resolution", "16", "--batch", "32", "--dtype", "float32",
                           "--layout", "nchw,channels_last"],
                      cuda=["--model", "vanilla-resnet", "--depth", "50", "--width", "64",
                            "--resolution", "32", "--batch", "128", "--dtype", "bfloat16",
                            "--layout", "channels_last"]),
-    "digits99": dict(cpu=["--model", "conv-chain", "--depth", "99", "--width", "16",
-                          "--resolution", "8", "--batch", "64", "--dtype", "float32",
-                          "--layout", "nchw,channels_last"],
-                     cuda=["--model", "conv-chain", "--depth", "99", "--width", "16",
-                           "--resolution", "8", "--batch", "64", "--dtype", "float32",
-                           "--layout", "nchw,channels_last"]),
+    "digits99": dict(cpu=_DIGITS99, cuda=_DIGITS99),  # the size, on either device
 }
 
 

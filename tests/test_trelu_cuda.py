@@ -13,36 +13,14 @@ import torch
 import tat_ext
 from tat_ext import _extension
 from tat_ext.ops import SAVE_KIND
-from tat_ext.tools.cases import (DTYPES, LAYOUTS, Layout, assert_compiled_matches_eager,
+from tat_ext.tools.cases import (CUDA_LAYOUTS, DTYPES, LAYOUTS, Layout,
+                                 assert_compiled_matches_eager,
                                  eager_chain, fp64_reference, grad_bias_atol, make_bias,
                                  make_input, max_abs_err)
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
     pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built"),
-]
-
-# Beyond the shared grid: shapes that reach every CUDA grid (trelu_forward.cu /
-# trelu_backward.cu): long planes (several segments; not a multiple of the vector width; a
-# multiple of 32 so the mask stays on the plane grid; misaligned), channels_last with C a
-# multiple of the vector width or not, short planes with many rows (several column blocks of
-# rows), wide rows, and a bias on dim 0.
-CUDA_LAYOUTS = [
-    Layout((2, 3, 33, 37), 1, "contiguous"),
-    Layout((3, 4, 32, 32), 1, "contiguous"),
-    Layout((2, 3, 100, 100), 1, "contiguous"),
-    Layout((2, 5, 7, 11, 13), 1, "contiguous"),
-    Layout((2, 4, 30, 30), 1, "offset"),
-    Layout((4, 6, 5000), 0, "contiguous"),
-    Layout((4, 64, 9, 9), 1, "channels_last"),
-    Layout((3, 100, 5, 5), 1, "channels_last"),
-    Layout((2, 16, 3, 10, 10), 1, "channels_last_3d"),
-    Layout((512, 3, 67), 1, "contiguous"),
-    Layout((5000, 24), 1, "contiguous"),
-    Layout((3, 70001), -1, "contiguous"),
-    Layout((3, 8, 40, 40), 1, "permuted"),
-    Layout((32, 64, 17, 17), 1, "channels_last"),  # fp32: two second-stage levels
-    Layout((3, 5, 383), 1, "offset"),
 ]
 
 PARAMS = [

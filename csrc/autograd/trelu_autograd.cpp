@@ -108,22 +108,26 @@ Tensor add_per_channel(const Tensor& t, const Tensor& b, at::IntArrayRef sizes,
 
 int64_t wrap_dim(int64_t dim, int64_t rank) { return dim < 0 ? dim + rank : dim; }
 
-// Reverse mode of trelu: grad_y -> (grad_x, grad_bias).
-struct TreluBackward : public Node {
+// What the graph nodes below keep: the constants and where the signs of z come from.
+struct SignsNode : public Node {
   Constants k{};
   SavedVariable saved_;  // x, y or the mask, by k.kind
   SavedVariable bias_;   // SaveKind::Input: the bias takes part in the signs
   bool has_bias = false;
-  at::ScalarType bias_dtype = at::kFloat;
-  std::vector<int64_t> y_strides;  // SaveKind::Mask: the mask's bit order is y's memory order
-
-  std::string name() const override { return "TreluBackward"; }
 
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     saved_.reset_data();
     bias_.reset_data();
   }
+};
+
+// Reverse mode of trelu: grad_y -> (grad_x, grad_bias).
+struct TreluBackward : public SignsNode {
+  at::ScalarType bias_dtype = at::kFloat;
+  std::vector<int64_t> y_strides;  // SaveKind::Mask: the mask's bit order is y's memory order
+
+  std::string name() const override { return "TreluBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -146,21 +150,11 @@ struct TreluBackward : public Node {
 
 // Reverse mode of trelu_backward: (gg_x, gg_bias) -> grad of grad_y; nothing for the saved
 // tensor and the bias (zero almost everywhere).
-struct TreluBackwardBackward : public Node {
-  Constants k{};
-  SavedVariable saved_;
-  SavedVariable bias_;
-  bool has_bias = false;
+struct TreluBackwardBackward : public SignsNode {
   std::vector<int64_t> sizes, strides;  // of grad_y as the kernel read it (the mask's order)
   at::ScalarType dtype = at::kFloat;
 
   std::string name() const override { return "TreluBackwardBackward"; }
-
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    saved_.reset_data();
-    bias_.reset_data();
-  }
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);

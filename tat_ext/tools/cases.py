@@ -64,7 +64,8 @@ LAYOUTS = [
 # Beyond LAYOUTS, shapes that reach every CUDA grid (csrc/cuda/trelu_forward.cu,
 # trelu_backward.cu): long planes (several segments; not a multiple of the vector width; a
 # multiple of 32 so the mask stays on the plane grid; misaligned), channels_last with C a multiple
-# of the vector width or not, short planes with many rows, wide rows, and a bias on dim 0.
+# of the vector width or not, short planes with many rows (several column blocks of rows), wide
+# rows, a bias on dim 0, a two-level bias reduction, and a misaligned odd-length plane.
 CUDA_LAYOUTS = [
     Layout((2, 3, 33, 37), 1, "contiguous"),
     Layout((3, 4, 32, 32), 1, "contiguous"),
@@ -79,6 +80,8 @@ CUDA_LAYOUTS = [
     Layout((5000, 24), 1, "contiguous"),
     Layout((3, 70001), -1, "contiguous"),
     Layout((3, 8, 40, 40), 1, "permuted"),
+    Layout((32, 64, 17, 17), 1, "channels_last"),  # fp32: two second-stage levels
+    Layout((3, 5, 383), 1, "offset"),
 ]
 
 # Large enough that the CPU kernels split the work over threads and the CUDA bias reduction runs
