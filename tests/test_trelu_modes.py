@@ -222,3 +222,15 @@ def test_compiled_autograd_raises_instead_of_guessing():
     with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
         with pytest.raises(NotImplementedError, match="compiled_args not implemented: TreluBackward"):
             loss.backward()
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "non-strict"])
+def test_torch_export_keeps_the_operator(strict):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(TATConv2d(3, 4, 3, padding=1, slope=0.2),
+                              TATConv2d(4, 4, 3, padding=1, slope=0.2, out_shift=0.1))
+    x = torch.randn(2, 3, 6, 6)
+    program = torch.export.export(net, (x,), strict=strict)
+    targets = [str(n.target) for n in program.graph.nodes]
+    assert targets.count("tat_ext.trelu.default") == 2, targets
+    torch.testing.assert_close(program.module()(x), net(x))
