@@ -1,10 +1,11 @@
-"""The ``tat-ext`` command line (also ``python -m tat_ext``).
+"""The ``tat-ext`` command line (also ``python -m tat_ext``): it only dispatches to the packages
+that implement each subcommand.
 
 Subcommands:
     solve   activation parameters for a plain chain: the TReLU slope (default), or TAT/DKS for
-            any registered activation, with the kernel-map invariants they reach.
+            any registered activation, with the kernel-map invariants they reach (tools/solve.py).
     verify  the fused kernels against the reference on every device (the post-install check).
-    bench   eager PyTorch vs torch.compile vs tat_ext: activation sizes and a training step.
+    bench   eager PyTorch vs torch.compile vs tat_ext: activation sizes, training steps, fixed cost.
     profile torch.profiler traces and per-kernel tables of training steps, unfused vs fused.
     train   train a model (tat_ext.train); also under torchrun.
     compare the main job: one deep vanilla net trained with TAT and with EOC ReLU, side by side.
@@ -13,79 +14,32 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import sys
-import warnings
-from typing import Callable, List, Optional, Sequence
-
-from tat_ext.activations import ActivationParams, activation_names
+from typing import Optional, Sequence
 
 __all__ = ["build_parser", "main"]
 
-_DEFAULT_ETA = 0.9
-_DEFAULT_TAU = 0.3
-_DEFAULT_ZETA = 1.5
-_DEFAULT_Q_SLOPE = 1.0
-# C_f(0) of a smooth chain is its C map applied layer by layer (~1 ms per layer): printed up to here.
-_MAX_PRINTED_C0_DEPTH = 5_000
-# The solvers' ArgumentValueError.argument -> the option that sets it.
-_OPTION_OF = {"depth": "--depth", "eta": "--eta", "tau": "--tau", "zeta": "--zeta", "q_slope": "--q-slope"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of layers, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (number of nonlinear layers), got {value}")
-    return value
-
-
-def _depth_list(text: str) -> List[int]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of depths, e.g. 10,50,100")
-    return [_positive_int(p) for p in parts]
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _bounded(low: float, high: float, what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = _float(text)
-        if not low < value < high:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
-        return value
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``tat-ext`` parser; each subcommand stores its handler in ``args.handler``."""
-    parser = argparse.ArgumentParser(prog="tat-ext", description="Tailored Activation Transformation tools.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_solve(commands)
-    for name, summary in _TOOLS.items():
-        _add_tool(commands, name, summary)
-    _add_train(commands)
-    _add_compare(commands)
-    return parser
-
-
-# Subcommands implemented in tat_ext/tools/<name>.py (add_arguments + main).
+# Subcommands implemented in tat_ext/tools/<name>.py (add_arguments + main; the module's docstring
+# is the --help description).
 _TOOLS = {
+    "solve": "activation parameters for a plain chain of nonlinear layers",
     "verify": "check the fused kernels against the reference on every device (post-install check)",
     "bench": "time eager PyTorch, torch.compile and tat_ext: activation sizes and a training step",
     "profile": "torch.profiler traces and per-kernel tables of training steps, unfused vs fused",
 }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tat-ext`` parser; each subcommand stores its handler in ``args.handler``."""
+    from tat_ext.train import commands as train_commands
+
+    parser = argparse.ArgumentParser(prog="tat-ext", description="Tailored Activation Transformation tools.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, summary in _TOOLS.items():
+        _add_tool(commands, name, summary)
+    train_commands.add_train(commands)
+    train_commands.add_compare(commands)
+    return parser
 
 
 def _add_tool(commands: argparse._SubParsersAction, name: str, summary: str) -> None:
@@ -107,251 +61,6 @@ def _run_tool(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"tat-ext {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _add_solve(commands: argparse._SubParsersAction) -> None:
-    solve = commands.add_parser(
-        "solve",
-        help="activation parameters for a plain chain of nonlinear layers",
-        description="Solve TAT/DKS activation parameters for a plain chain of DEPTH nonlinear layers "
-                    "(a vanilla ResNet-50 has 49). Default: the TReLU slope (leaky_relu under TAT).",
-    )
-    where = solve.add_mutually_exclusive_group(required=True)
-    where.add_argument("--depth", type=_positive_int, help="number of nonlinear layers")
-    where.add_argument("--depths", type=_depth_list, help="comma-separated depths, printed as a table")
-    solve.add_argument("--activation", default="leaky_relu", choices=activation_names(), metavar="NAME",
-                       help=f"activation name (default leaky_relu); one of: {', '.join(activation_names())}")
-    solve.add_argument("--method", default="TAT", type=str.upper, choices=("TAT", "DKS"),
-                       help="TAT (default) or DKS")
-    solve.add_argument("--eta", type=_bounded(0.0, 1.0, "in (0, 1)"),
-                       help=f"TAT with leaky_relu: target C_f(0) (default {_DEFAULT_ETA})")
-    solve.add_argument("--tau", type=_bounded(0.0, math.inf, "> 0"),
-                       help=f"TAT with a smooth activation: target C_f''(1) (default {_DEFAULT_TAU})")
-    solve.add_argument("--zeta", type=_bounded(1.0, math.inf, "> 1"),
-                       help=f"DKS: target C_f'(1) (default {_DEFAULT_ZETA})")
-    solve.add_argument("--q-slope", type=_bounded(0.0, math.inf, "> 0"),
-                       help=f"DKS: per-layer Q'(1) (default {_DEFAULT_Q_SLOPE})")
-    solve.set_defaults(handler=_run_solve, parser=solve)
-
-
-def _run_solve(args: argparse.Namespace) -> int:
-    parser: argparse.ArgumentParser = args.parser
-    trelu = args.activation == "leaky_relu" and args.method == "TAT"
-    # Flags that the chosen method ignores are errors rather than silently unused.
-    applies = {"--eta": trelu, "--tau": args.method == "TAT" and not trelu,
-               "--zeta": args.method == "DKS", "--q-slope": args.method == "DKS"}
-    for flag, ok in applies.items():
-        if getattr(args, flag[2:].replace("-", "_")) is not None and not ok:
-            parser.error(f"argument {flag}: does not apply to {args.activation} under {args.method}")
-    if args.activation == "relu" and args.method == "TAT":
-        parser.error("argument --activation: relu is not supported by TAT (its C''(1) is infinite); "
-                     "use leaky_relu")
-    from tat_ext import transform  # deferred: keeps `tat-ext --help` fast
-
-    eta = _DEFAULT_ETA if args.eta is None else args.eta
-
-    def solve(depth: int):
-        if trelu:
-            return transform.solve_trelu(depth, eta=eta)
-        return _solve_smooth(transform, args, depth)
-
-    if args.depths is None:
-        try:
-            result = solve(args.depth)
-        except ValueError as error:
-            option = _OPTION_OF.get(getattr(error, "argument", None), "--depth" if trelu else "--activation")
-            parser.error(f"argument {option}: {error}")
-        if trelu:
-            _print_trelu([args.depth], [result], eta)
-        else:
-            _print_smooth(args, args.depth, result)
-        return 0
-
-    # A table reports an unreachable depth in its row (e.g. eta = 0.9 needs 13 layers).
-    results = []
-    for depth in args.depths:
-        try:
-            results.append(solve(depth))
-        except ValueError as error:
-            results.append(error)
-    if all(isinstance(r, ValueError) for r in results):
-        parser.error(f"argument --depths: no depth is solvable; {results[0]}")
-    if trelu:
-        _print_trelu(args.depths, results, eta)
-    else:
-        print(f"{args.activation} under {args.method} ({_targets(args)})")
-        _print_param_table(args.depths, results)
-    return 0
-
-
-def _solve_smooth(transform, args: argparse.Namespace, depth: int) -> ActivationParams:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the relu caveat is printed with the result instead
-        if args.method == "TAT":
-            return transform.solve_tat(args.activation, depth,
-                                       tau=_DEFAULT_TAU if args.tau is None else args.tau)
-        return transform.solve_dks(args.activation, depth,
-                                   zeta=_DEFAULT_ZETA if args.zeta is None else args.zeta,
-                                   q_slope=_DEFAULT_Q_SLOPE if args.q_slope is None else args.q_slope)
-
-
-def _targets(args: argparse.Namespace) -> str:
-    if args.method == "TAT":
-        return f"tau = {_DEFAULT_TAU if args.tau is None else args.tau:g}"
-    return (f"zeta = {_DEFAULT_ZETA if args.zeta is None else args.zeta:g}, "
-            f"q_slope = {_DEFAULT_Q_SLOPE if args.q_slope is None else args.q_slope:g}")
-
-
-def _print_trelu(depths: Sequence[int], results: Sequence, eta: float) -> None:
-    """One depth: a block; several: a table whose unreachable rows carry the reason."""
-    if len(depths) == 1:
-        r = results[0]
-        print(f"TReLU (leaky_relu under TAT) for a plain chain of {depths[0]} nonlinear layers, "
-              f"eta = {eta:g}")
-        print(f"  slope  = {r.slope:.12f}")
-        print(f"  scale  = {r.scale:.12f}")
-        print(f"  C_f(0) = {r.c0:.12f}")
-        return
-    print(f"TReLU (leaky_relu under TAT), eta = {eta:g}")
-    print(f"{'depth':>7}  {'slope':>15}  {'scale':>15}  {'C_f(0)':>15}")
-    for depth, r in zip(depths, results):
-        if isinstance(r, ValueError):
-            print(f"{depth:>7}  {r}")
-        else:
-            print(f"{depth:>7}  {r.slope:>15.12f}  {r.scale:>15.12f}  {r.c0:>15.12f}")
-
-
-_PARAM_FIELDS = ("input_scale", "input_shift", "output_shift", "output_scale")
-
-
-def _param_fields(params: ActivationParams) -> Sequence[str]:
-    return _PARAM_FIELDS + (("negative_slope",) if params.negative_slope is not None else ())
-
-
-def _print_param_table(depths: Sequence[int], results: Sequence) -> None:
-    fields = _param_fields(next(r for r in results if not isinstance(r, ValueError)))
-    print(f"{'depth':>7}  " + "  ".join(f"{f:>16}" for f in fields))
-    for depth, params in zip(depths, results):
-        if isinstance(params, ValueError):
-            print(f"{depth:>7}  {params}")
-        else:
-            print(f"{depth:>7}  " + "  ".join(f"{getattr(params, f):>16.10g}" for f in fields))
-
-
-def _print_smooth(args: argparse.Namespace, depth: int, params: ActivationParams) -> None:
-    from tat_ext import cmaps
-
-    print(f"{args.activation} under {args.method} for a plain chain of {depth} nonlinear layers "
-          f"({_targets(args)})")
-    print("  phi_hat(x) = output_scale * (phi(input_scale * x + input_shift) + output_shift)")
-    for field in _param_fields(params):
-        print(f"  {field:<14} = {getattr(params, field): .12g}")
-    if args.activation == "relu":
-        print("  note: as in the reference library, ReLU's input shift is fixed and Q'(1) is not targeted")
-
-    inv = cmaps.local_invariants(args.activation, params)
-    print("per layer:")
-    for label, value in (("Q(1)", inv.q_1), ("Q'(1)", inv.q_slope_1), ("C(0)", inv.c_val_0),
-                         ("C'(1)", inv.c_slope_1), ("C''(1)", inv.c_curv_1)):
-        print(f"  {label:<8} = {value: .12g}")
-    slope, curv = _chain_derivatives_at_1(inv.c_slope_1, inv.c_curv_1, depth)
-    print(f"network ({depth} layers):")
-    if depth <= _MAX_PRINTED_C0_DEPTH:
-        c = 0.0
-        for _ in range(depth):
-            c = cmaps.c_map(args.activation, c, params)
-        print(f"  {'C_f(0)':<8} = {c: .12g}")
-    else:
-        print(f"  {'C_f(0)':<8} = (not computed beyond {_MAX_PRINTED_C0_DEPTH} layers: ~1 ms per layer; "
-              "iterate tat_ext.cmaps.c_map)")
-    for label, value in (("C_f'(1)", slope), ("C_f''(1)", curv)):
-        print(f"  {label:<8} = {value: .12g}")
-
-
-def _chain_derivatives_at_1(s: float, k: float, depth: int) -> tuple:
-    """C_f'(1) and C_f''(1) of ``depth`` layers with C'(1) = s, C''(1) = k, in closed form.
-
-    The chain rule at the fixed point c = 1, (C∘g)' = C'·g' and (C∘g)'' = C''·g'² + C'·g'', gives
-    C_f'(1) = s^L and C_f''(1) = k·s^(L−1)·(1 + s + … + s^(L−1)).
-    """
-    log_s = math.log(s)
-    geometric = depth if log_s == 0.0 else math.expm1(depth * log_s) / math.expm1(log_s)
-    return math.exp(depth * log_s), k * math.exp((depth - 1) * log_s) * geometric
-def _add_train(commands: argparse._SubParsersAction) -> None:
-    from tat_ext.train.config import add_arguments
-
-    train = commands.add_parser(
-        "train", help="train a model (progress, metrics, plots, checkpoints, --resume; torchrun-aware)",
-        description="Train a model on the embedded digits, CIFAR-10 or synthetic data. Under "
-                    "`torchrun --nproc_per_node=N -m tat_ext train ...` it trains with DistributedDataParallel.")
-    add_arguments(train)
-    train.set_defaults(handler=_run_train, parser=train)
-
-
-def _lr_list(text: str) -> List[float]:
-    values = [_float(p) for p in text.split(",") if p.strip()]
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates > 0, got {text!r}")
-    return values
-
-
-def _add_compare(commands: argparse._SubParsersAction) -> None:
-    from tat_ext.train.compare import COMPARE_DEFAULTS, COMPARE_LRS
-    from tat_ext.train.config import add_arguments
-
-    compare = commands.add_parser(
-        "compare", help="the same deep vanilla net trained with TAT and with EOC ReLU, side by side",
-        description="Train one vanilla network with TAT's TReLU and with Edge-of-Chaos ReLU at each "
-                    "learning rate of --lrs (same seed, data and settings), and print the test "
-                    "accuracies side by side. With --out, run i goes to OUT/<activation>-lr<lr>.")
-    add_arguments(compare, defaults=COMPARE_DEFAULTS, exclude=("activation", "eta", "resume", "lr"))
-    compare.add_argument("--lrs", type=_lr_list, default=list(COMPARE_LRS),
-                         help="comma-separated learning rates (default " + ",".join(f"{v:g}" for v in COMPARE_LRS)
-                              + ")")
-    compare.set_defaults(handler=_run_compare, parser=compare)
-
-
-def _train_error(command: str, error: Exception, status: int = 2) -> int:
-    """A user mistake in a training run (status 2), or a diverged run (1): one line on stderr,
-    once under torchrun."""
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        print(f"tat-ext {command}: error: {error}", file=sys.stderr)
-    return status
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from tat_ext.train import Diverged, TrainError, train
-    from tat_ext.train.config import from_args
-
-    try:
-        result = train(from_args(args))
-    except TrainError as error:
-        return _train_error("train", error)
-    except Diverged as error:
-        return _train_error("train", error, status=1)
-    except KeyboardInterrupt:  # during setup, or a second Ctrl-C: nothing (more) to save
-        print("tat-ext train: interrupted", file=sys.stderr)
-        return 130
-    return 130 if result.interrupted else 0
-
-
-def _run_compare(args: argparse.Namespace) -> int:
-    from tat_ext.train import TrainError
-    from tat_ext.train.compare import compare, format_table
-    from tat_ext.train.config import from_args
-
-    config = from_args(args)
-    try:
-        outcomes = compare(config, lrs=args.lrs)
-    except TrainError as error:
-        return _train_error("compare", error)
-    except KeyboardInterrupt:
-        print("tat-ext compare: interrupted", file=sys.stderr)
-        return 130
-    print("\n" + format_table(config, outcomes))
-    return 130 if getattr(outcomes[-1][2], "interrupted", False) else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,5 +1,6 @@
-"""The user tools behind `tat-ext verify`, `tat-ext bench` and `tat-ext profile`.
+"""The user tools behind `tat-ext solve`, `verify`, `bench` and `profile`.
 
+    solve     `tat-ext solve`: TReLU/TAT/DKS parameters for a plain chain, with their invariants
     cases     the kernel-vs-reference case grid and its tolerance rules (also used by the tests)
     verify    runs the grid on every device: pass/fail table, exit status, JSON
     bench     eager vs torch.compile vs tat_ext: activation sizes, a training step, fixed cost
