@@ -2,21 +2,16 @@
 import json
 
 import pytest
-import torch
 
 from tat_ext import _extension
 from tat_ext.cli import main
 
-pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
+pytestmark = [pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built"),
+              pytest.mark.usefixtures("restore_threads")]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STATS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "reps"}
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _bench(tmp_path, *extra):

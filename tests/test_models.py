@@ -13,13 +13,7 @@ from tat_ext.transform import solve_trelu
 
 # Published TReLU values (eta = 0.9): a vanilla ResNet of depth D is a chain of D - 1 nonlinear
 # layers. The reference library's own bisection stops at |C_f(0) - eta| < 1e-8, hence 2e-8.
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second thread only adds synchronization (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PUBLISHED = [(50, 0.4259071946, 1.3011191752), (101, 0.5704395324, 1.2284042441),

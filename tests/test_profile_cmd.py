@@ -2,21 +2,16 @@
 import json
 
 import pytest
-import torch
 
 from tat_ext import _extension
 from tat_ext.cli import main
 from tat_ext.tools.profile import categorize
 
-pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
+pytestmark = [pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built"),
+              pytest.mark.usefixtures("restore_threads")]
 DEPTH = 13
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_traces_and_summary_for_unfused_and_fused(tmp_path, capsys):

@@ -17,13 +17,7 @@ from tat_ext.train.checkpoint import FORMAT
 from tat_ext.train.files import atomic_write
 from tat_ext.train.metrics import METRIC_KEYS
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second thread only adds synchronization (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
