@@ -8,6 +8,7 @@ Subcommands:
     profile torch.profiler traces and per-kernel tables of training steps, unfused vs fused.
     train   train a model (tat_ext.train); also under torchrun.
     compare the main job: one deep vanilla net trained with TAT and with EOC ReLU, side by side.
+    sweep   the depth sweep: TAT vs EOC ReLU vs ResNet+BN over depths, seeds and learning rates.
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_tool(commands, name, summary)
     _add_train(commands)
     _add_compare(commands)
+    _add_sweep(commands)
     return parser
 
 
@@ -311,6 +313,52 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=_run_compare, parser=compare)
 
 
+def _name_list(text: str) -> List[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    from tat_ext.train import sweep as sweep_module
+    from tat_ext.train.config import add_arguments
+
+    sweep = commands.add_parser(
+        "sweep", help="the depth sweep: TAT vs EOC ReLU vs ResNet+BN over depths, seeds and learning rates",
+        description="Train every method at every depth, learning rate and seed (each (method, depth) picks its "
+                    "rate on a validation part held out from the training split; the test split is only "
+                    "reported), in parallel worker processes, and write OUT/sweep.json (every finished run, "
+                    "written as it finishes), OUT/sweep.md (tables) and OUT/sweep.png (test accuracy and trained "
+                    "rates against depth). Running the same command again with the same --out continues an "
+                    "interrupted sweep: finished runs are skipped. Rules: tat_ext/train/sweep.py.")
+    g = sweep.add_argument_group("grid")
+    g.add_argument("--depths", type=_depth_list, default=list(sweep_module.DEFAULT_DEPTHS),
+                   help="nonlinear layers on the deepest path; D maps to round((D-1)/3) bottleneck blocks "
+                        "(default " + ",".join(map(str, sweep_module.DEFAULT_DEPTHS)) + ")")
+    g.add_argument("--methods", type=_name_list, default=list(sweep_module.DEFAULT_METHODS),
+                   help="trelu (TAT), relu (EOC ReLU), resnet (ResNet-V2 + BatchNorm) (default "
+                        + ",".join(sweep_module.DEFAULT_METHODS) + ")")
+    g.add_argument("--seeds", type=int, default=sweep_module.DEFAULT_SEEDS,
+                   help=f"seeds 0..N-1 per method, depth and rate (default {sweep_module.DEFAULT_SEEDS})")
+    g.add_argument("--lrs", type=_lr_list, default=list(sweep_module.DEFAULT_LRS),
+                   help="the learning-rate grid every method gets (default "
+                        + ",".join(f"{v:g}" for v in sweep_module.DEFAULT_LRS) + ")")
+    g.add_argument("--eta", dest="sweep_eta", metavar="ETA", type=float, default=sweep_module.DEFAULT_ETA,
+                   help="TAT's target C_f(0) where the depth reaches it; below, the largest reachable eta "
+                        f"rounded down (default {sweep_module.DEFAULT_ETA})")
+    add_arguments(sweep, defaults=sweep_module.SWEEP_DEFAULTS,
+                  exclude=("model", "depth", "blocks", "activation", "eta", "shortcut_weight", "lr", "seed",
+                           "out", "resume", "compile"))
+    g = sweep.add_argument_group("sweep execution")
+    g.add_argument("--workers", type=int, help="parallel worker processes (default: CPU cores / --threads); "
+                                               "the results do not depend on it")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    g.add_argument("--out", default="tat-ext-sweep",
+                   help="sweep directory; an existing one is continued (default ./tat-ext-sweep)")
+    sweep.set_defaults(handler=_run_sweep, parser=sweep)
+
+
 def _train_error(command: str, error: Exception, status: int = 2) -> int:
     """A user mistake in a training run (status 2), or a diverged run (1): one line on stderr,
     once under torchrun."""
@@ -352,6 +400,38 @@ def _run_compare(args: argparse.Namespace) -> int:
         return 130
     print("\n" + format_table(config, outcomes))
     return 130 if getattr(outcomes[-1][2], "interrupted", False) else 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from tat_ext.train import TrainError
+    from tat_ext.train.config import from_args
+    from tat_ext.train.sweep import SweepSettings, WorkerDied, run_sweep
+    from tat_ext.train.sweep_report import aggregate, format_summary
+
+    settings = SweepSettings(base=from_args(args), depths=tuple(args.depths), methods=tuple(args.methods),
+                             seeds=args.seeds, lrs=tuple(args.lrs), eta=args.sweep_eta, threads=args.threads)
+    command = "tat-ext " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        result = run_sweep(settings, args.out, workers=args.workers, meta={"command": command})
+    except TrainError as error:
+        return _train_error("sweep", error)
+    except WorkerDied as error:  # the finished runs are saved
+        return _train_error("sweep", f"{error}; finished runs are in {args.out}, rerun to continue", status=1)
+    except KeyboardInterrupt:  # before the first run
+        print("tat-ext sweep: interrupted", file=sys.stderr)
+        return 130
+    print(format_summary(settings, aggregate(settings, result.records)))
+    print(f"\n{len(result.records)} runs finished; {args.out}/sweep.md, sweep.png, sweep.json")
+    if result.interrupted:
+        print("tat-ext sweep: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    if result.errors:
+        print(f"tat-ext sweep: {result.errors} runs failed with an error (see {args.out}/sweep.json); run the "
+              "same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
