@@ -105,7 +105,7 @@ def depth_plan(depth: int) -> Tuple[int, ...]:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < _MIN_DEPTH:
         raise ValueError(f"depth must be an int >= {_MIN_DEPTH} nonlinear layers, got {depth!r}")
     count = round((depth - 1) / 3)  # (depth − 1)/3 is never halfway between integers
-    if 3 * count + 2 in STANDARD_DEPTHS and stage_plan(3 * count + 2, 1).bottleneck:
+    if 3 * count + 2 in STANDARD_DEPTHS:  # 50, 101, 152, 200 (18 and 34 are never 3B + 2)
         return stage_plan(3 * count + 2, 1).blocks
     stages = min(count, 4)
     blocks = [count // stages] * stages

@@ -167,8 +167,8 @@ def format_summary(settings, cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def _count(n: int, noun: str, plural: Optional[str] = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def format_report(settings, cells: Sequence[Cell], invocations: Sequence[Dict[str, Any]],
@@ -193,10 +193,10 @@ def format_report(settings, cells: Sequence[Cell], invocations: Sequence[Dict[st
         last = invocations[-1]
         lines += [f"- Command: `{last.get('command', '(in-process call)')}`",
                   f"- Machine: {last.get('cpu', '?')}, {last.get('cores', '?')} cores; torch {last.get('torch', '?')}, "
-                  f"python {last.get('python', '?')}; {last['workers']} worker processes × {last['threads']} "
-                  f"torch thread(s)",
-                  f"- Date: {invocations[0]['started']} – {last['started']}; wall time {total / 60:.1f} min "
-                  f"in {len(invocations)} invocation(s)", ""]
+                  f"python {last.get('python', '?')}; {_count(last['workers'], 'worker process', 'worker processes')} × "
+                  f"{_count(last['threads'], 'torch thread')}",
+                  f"- Started {invocations[0]['started']}; wall time {total / 60:.1f} min in "
+                  f"{_count(len(invocations), 'invocation')}", ""]
     lines += ["## Test accuracy at the chosen learning rate", "", format_summary(settings, cells), "", "## Rules", "",
               "- Depth: nonlinear layers on the deepest path (docs/math.md). A depth D maps to "
               "B = round((D − 1)/3) bottleneck blocks, 3B + 1 layers (the standard ResNet-50/101/200 plans for "
@@ -265,7 +265,8 @@ def plot_sweep(path: str, settings, cells: Sequence[Cell]) -> None:
             mean = [100 * p[1].test_mean for p in points]
             std = [100 * (p[1].test_std or 0.0) for p in points]
             line, = acc_ax.plot(x, mean, "-o", markersize=4, label=METHODS[method].label)
-            acc_ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+            acc_ax.fill_between(x, [max(0.0, m - s) for m, s in zip(mean, std)],  # accuracies stay in [0, 100]
+                                [min(100.0, m + s) for m, s in zip(mean, std)],
                                 color=line.get_color(), alpha=0.2, linewidth=0)
             for (xi, summary), yi in zip(points, mean):
                 acc_ax.annotate(_lr(summary.lr), (xi, yi), textcoords="offset points", xytext=(4, -11 - 9 * i),
@@ -282,6 +283,7 @@ def plot_sweep(path: str, settings, cells: Sequence[Cell]) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     acc_ax.set_ylabel("test accuracy (%) at the chosen learning rate")
+    acc_ax.set_ylim(top=100.5)
     acc_ax.set_title(f"mean ± std over {_count(settings.seeds, 'seed')}; chosen rate at each point", fontsize=9)
     rate_ax.set_ylabel(f"learning rates that trained (of {len(settings.lrs)})")
     rate_ax.set_ylim(-0.3, len(settings.lrs) + 0.3)
