@@ -83,8 +83,8 @@ DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # Adam
 DEFAULT_SEEDS = 3
 DEFAULT_ETA = 0.9
 VALIDATION_EVERY = 5
-# The shared training settings (measured on the 2-core development VM: about an hour for the
-# default grid of 180 runs with 2 workers; bench/results/sweep_depth.md).
+# The shared training settings: the default grid of 180 runs took 62 min with 2 workers on the
+# 2-core development VM (bench/results/sweep_depth.md).
 SWEEP_DEFAULTS = TrainConfig(model="vanilla_resnet", width=8, data="digits", optimizer="adam", epochs=10,
                              batch_size=128)
 # Settings that each run sets itself; the others are the sweep's shared training settings.
