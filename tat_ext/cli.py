@@ -9,6 +9,7 @@ Subcommands:
     profile torch.profiler traces and per-kernel tables of training steps, unfused vs fused.
     train   train a model (tat_ext.train); also under torchrun.
     compare the main job: one deep vanilla net trained with TAT and with EOC ReLU, side by side.
+    sweep   the depth sweep: TAT vs EOC ReLU vs ResNet+BN over depths, seeds and learning rates.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_tool(commands, name, summary)
     train_commands.add_train(commands)
     train_commands.add_compare(commands)
+    train_commands.add_sweep(commands)
     return parser
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "ImageData", "Split", "cifar10", "digits", "load", "synthetic"]
+__all__ = ["DATASETS", "ImageData", "Split", "cifar10", "digits", "load", "synthetic", "validation_split"]
 
 DATASETS = ("digits", "cifar10", "synthetic")
 
@@ -99,6 +99,15 @@ def _digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
     return bunch.data, bunch.target
 
 
+def _every_kth_per_class(labels: Tensor, k: int) -> Tensor:
+    """Mask of the examples at positions k−1, 2k−1, … within each class (in stored order)."""
+    chosen = torch.zeros(len(labels), dtype=torch.bool)
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        chosen[members[k - 1::k]] = True
+    return chosen
+
+
 def digits() -> ImageData:
     """The 1,797 8x8 grey-scale handwritten digits bundled with scikit-learn (values 0–16).
 
@@ -110,10 +119,7 @@ def digits() -> ImageData:
     pixels, target = _digits_arrays()
     images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 8, 8))
     labels = torch.from_numpy(target.astype(np.int64))
-    is_test = torch.zeros(len(labels), dtype=torch.bool)
-    for cls in range(10):
-        members = torch.nonzero(labels == cls).flatten()
-        is_test[members[4::5]] = True
+    is_test = _every_kth_per_class(labels, 5)
     train = Split(images[~is_test], labels[~is_test])
     test = Split(images[is_test], labels[is_test])
     return _standardized("digits", train, test, 10, 1.0 / 16.0)
@@ -182,6 +188,25 @@ def synthetic(num_train: int = 2048, num_test: int = 512, *, channels: int = 3, 
 
     train, test = split(num_train), split(num_test)
     return _standardized("synthetic", train, test, num_classes, 1.0)
+
+
+def validation_split(data: ImageData, every: int = 5) -> ImageData:
+    """Hold out part of ``data``'s training split for choosing settings (e.g. a learning rate).
+
+    Within each class, taken in stored order, every ``every``-th training example (positions
+    every−1, 2·every−1, …) is held out: the result's ``train`` is the rest and its ``test`` the
+    held-out examples; pixels are standardized with the statistics of the new ``train`` only. The
+    split is fixed (no random generator), and ``data.test`` is not used at all.
+
+    Raises:
+        ValueError: ``every`` is not an int >= 2.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+        raise ValueError(f"every must be an int >= 2 (every-th training example held out), got {every!r}")
+    held_out = _every_kth_per_class(data.train.labels, every)
+    fit = Split(data.train.images[~held_out], data.train.labels[~held_out])
+    validation = Split(data.train.images[held_out], data.train.labels[held_out])
+    return _standardized(data.name, fit, validation, data.num_classes, data.pixel_scale)
 
 
 def load(name: str, data_dir: str | None = None) -> ImageData:

@@ -89,3 +89,17 @@ def test_load_by_name():
         datasets.load("mnist")
     with pytest.raises(ValueError, match="cifar10 needs a data dir"):
         datasets.load("cifar10")
+
+
+def test_validation_split_holds_out_part_of_train_only():
+    data = datasets.digits()
+    held = datasets.validation_split(data, every=5)
+    assert torch.equal(held.train.labels.bincount(minlength=10) + held.test.labels.bincount(minlength=10),
+                       data.train.labels.bincount(minlength=10))
+    assert torch.equal(held.test.labels.bincount(minlength=10), data.train.labels.bincount(minlength=10) // 5)
+    rows = lambda split: {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(split.images, split.labels)}
+    assert rows(held.train) | rows(held.test) == rows(data.train) and not rows(held.test) & rows(data.test)
+    x, _ = held.batch(held.train, torch.arange(len(held.train)))  # standardized with the rest's statistics
+    assert abs(x.mean().item()) < 1e-5 and abs(x.std().item() - 1) < 1e-3 and held.mean != data.mean
+    with pytest.raises(ValueError, match="every must be an int >= 2"):
+        datasets.validation_split(data, every=1)

@@ -1,5 +1,6 @@
 """tat_ext.train: run files, exact resume (also after SIGKILL/SIGINT in a subprocess), torchrun with
 2 CPU processes vs 1, the execution flags, and every bad input of `tat-ext train`."""
+import dataclasses
 import json
 import os
 import shutil
@@ -200,7 +201,8 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
 
 
 @pytest.mark.parametrize("flags", [dict(amp=True), dict(channels_last=True), dict(model="resnet"),
-                                   dict(shortcut_weight=0.5, activation="tat-softplus")])
+                                   dict(shortcut_weight=0.5, activation="tat-softplus"),
+                                   dict(blocks=(1, 1, 1, 1), depth=14, activation="relu")])
 def test_flags_and_families_train(flags):
     config = TrainConfig(**{"model": "vanilla_resnet", "depth": 18, "width": 2, "epochs": 1, "batch_size": 256,
                             **flags})
@@ -253,6 +255,9 @@ def finished_run(tmp_path_factory):
     (["--data-dir", "/tmp"], "--data-dir: applies to --data cifar10 only"),
     (["--device", "tpu"], "--device"),
     (["--resume"], "--resume: needs --out"),
+    (["--blocks", "1,1"], "--blocks: 1,1 (bottleneck) gives depth 8; pass --depth 8, not 50"),
+    (["--blocks", "1,0", "--depth", "5"], "--blocks: must be 1 to 4 integers >= 1"),
+    (["--model", "vanilla_mlp", "--blocks", "1", "--depth", "5"], "--blocks: applies to the resnet models only"),
 ])
 def test_bad_settings(args, message, capsys):
     status, err = _run_main(args, capsys)
@@ -304,6 +309,15 @@ def test_corrupt_checkpoint_is_refused_and_kept(tmp_path, finished_run, capsys):
                              "--out", str(out), "--resume"], capsys)
     assert status == 2 and "checkpoint.pt is corrupt" in err and err.count("\n") == 1
     assert _snapshot(str(out)) == before
+
+
+def test_resume_from_config_json_with_a_custom_plan(tmp_path):
+    """A run killed before its first checkpoint leaves config.json, where JSON turns blocks into a list."""
+    from tat_ext.train.checkpoint import prepare_run_dir, write_config
+
+    config = TrainConfig(depth=8, blocks=(1, 1), width=2, out=str(tmp_path)).resolved()
+    write_config(str(tmp_path), config, {})
+    assert prepare_run_dir(dataclasses.replace(config, resume=True)) is None  # the same run: start over
 
 
 def test_resume_with_nothing_to_resume(tmp_path, capsys):

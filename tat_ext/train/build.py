@@ -28,12 +28,13 @@ def build_model(config: TrainConfig, data: ImageData) -> Tuple[nn.Module, Dict[s
     eta = {} if config.eta is None else {"eta": config.eta}  # None: the activation has no eta
     image = {"in_channels": data.in_channels, "small_input": small,
              "input_size": data.image_size if small else None}
+    plan = {} if config.blocks is None else {"blocks": config.blocks, "bottleneck": True}
     if config.model == "vanilla_resnet":
         model = models.vanilla_resnet(config.depth, data.num_classes, width=config.width,
                                       activation=config.activation, shortcut_weight=config.shortcut_weight,
-                                      **eta, **image)
+                                      **eta, **image, **plan)
     elif config.model == "resnet":
-        model = models.resnet(config.depth, data.num_classes, width=config.width, **image)
+        model = models.resnet(config.depth, data.num_classes, width=config.width, **image, **plan)
     else:
         model = models.vanilla_mlp(config.depth, config.width, data.num_classes,
                                    in_features=data.in_channels * data.image_size ** 2,

@@ -99,7 +99,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
 def _run_identity(config: Dict[str, Any]) -> Dict[str, Any]:
     """The settings that define a run's result (those that --resume may not change)."""
-    identity = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    identity = {k: _as_tuples(v) for k, v in config.items() if k not in RESUMABLE_CHANGES}  # JSON: lists
     if config.get("schedule") == "constant":
         identity.pop("epochs", None)  # a constant schedule can simply run longer
     return identity

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from tat_ext.datasets import DATASETS
 
@@ -39,11 +39,13 @@ class TrainConfig:
     (see :meth:`resolved`); the flag of each field is ``--field-name``.
 
     ``out=None`` writes nothing (in-process use, e.g. a sweep); ``batch_size`` is the global batch,
-    split evenly across torchrun processes.
+    split evenly across torchrun processes. ``blocks`` (resnets only) replaces the standard plan of
+    ``depth`` with bottleneck blocks per stage; ``depth`` must then be 3·sum(blocks) + 2.
     """
 
     model: str = "vanilla_resnet"
     depth: int = 50
+    blocks: Optional[Tuple[int, ...]] = None
     width: Optional[int] = None
     activation: Optional[str] = None
     eta: Optional[float] = None
@@ -79,6 +81,7 @@ class TrainConfig:
             width=_DEFAULT_WIDTH[self.model] if self.width is None else self.width,
             eta=(_DEFAULT_ETA if self.eta is None else self.eta) if self._uses_eta else None,
             lr=_DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
+            blocks=None if self.blocks is None else tuple(self.blocks),
         )
 
     @property
@@ -117,6 +120,8 @@ class TrainConfig:
         integer("warmup_epochs", 0)
         integer("batch_size", 1)
         integer("seed", 0)
+        if self.blocks is not None:
+            self._check_blocks(fail)
         if self.warmup_epochs >= self.epochs:
             fail("warmup_epochs", f"must be below --epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.lr is not None:
@@ -147,6 +152,17 @@ class TrainConfig:
         if not isinstance(self.device, str) or not self.device:
             fail("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
+    def _check_blocks(self, fail) -> None:
+        blocks = self.blocks
+        if (isinstance(blocks, (str, bytes)) or not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 4
+                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks)):
+            fail("blocks", f"must be 1 to 4 integers >= 1 (bottleneck blocks per stage), got {blocks!r}")
+        if self.model == "vanilla_mlp":
+            fail("blocks", "applies to the resnet models only")
+        if self.depth != 3 * sum(blocks) + 2:
+            fail("blocks", f"{','.join(map(str, blocks))} (bottleneck) gives depth {3 * sum(blocks) + 2}; "
+                           f"pass --depth {3 * sum(blocks) + 2}, not {self.depth}")
+
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -154,6 +170,13 @@ class TrainConfig:
 # Settings that may differ between a run and its --resume: where it runs and how far it goes.
 # --epochs may grow only with the constant schedule (a cosine schedule's shape depends on it).
 RESUMABLE_CHANGES = ("device", "compile", "out", "resume")
+
+
+def _int_tuple(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None,
@@ -175,6 +198,9 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfi
     g.add_argument("--model", choices=MODELS, default=d.model, help=f"network family (default {d.model})")
     g.add_argument("--depth", type=int, default=d.depth,
                    help=f"resnets: 18/34/50/101/152/200; vanilla_mlp: hidden layers (default {d.depth})")
+    g.add_argument("--blocks", type=_int_tuple, default=d.blocks, metavar="B1,B2,...",
+                   help="resnets: a custom plan of 1-4 stages of bottleneck blocks (e.g. 1,1,1) instead of "
+                        "depth's standard one; --depth must be 3*sum+2 (its nonlinear layers + 1)")
     g.add_argument("--width", type=int, help="resnets: first stage's inner width (default 8); "
                                              "vanilla_mlp: hidden units (default 128)")
     g.add_argument("--activation", default=d.activation, metavar="NAME",

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from tat_ext.train.config import Diverged, TrainConfig, TrainError
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "evaluate", "train"]
 
 _EVAL_BATCH = 512
 
@@ -110,8 +110,34 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _autocast(config: TrainConfig, device: torch.device):
+    """bfloat16 autocast with ``--amp``, else nothing."""
+    if not config.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: datasets.ImageData, split: datasets.Split, *, config: TrainConfig,
+             device: torch.device = torch.device("cpu"), index: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+    """Summed loss (the training objective of ``config``) and number of correct predictions of
+    ``model`` in eval mode on ``split[index]`` (default: the whole split), with ``config``'s
+    memory format and autocast."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    index = torch.arange(len(split)) if index is None else index
+    for chunk in index.split(_EVAL_BATCH):
+        x, y = data.batch(split, chunk, device, config.channels_last)
+        with _autocast(config, device):
+            logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum().double()
+    return loss.item(), correct.item()
+
+
 def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
-          handle_signals: bool = True) -> TrainResult:
+          handle_signals: bool = True, data: Optional[datasets.ImageData] = None) -> TrainResult:
     """Run one training as ``config`` says; see the module docstring.
 
     Args:
@@ -119,6 +145,9 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
         progress: show a tqdm progress bar (main process only).
         verbose: print one line per epoch and a final line with the test accuracy.
         handle_signals: turn SIGINT/SIGTERM into "save and return" (main thread only).
+        data: train and evaluate on this instead of loading ``config.data`` (in-process callers,
+            e.g. a sweep that validates on :func:`tat_ext.datasets.validation_split`); the run's
+            files still name ``config.data``, so pass it with ``out=None`` unless they describe it.
 
     Returns:
         :class:`TrainResult`.
@@ -134,19 +163,20 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
     except ValueError as error:
         raise TrainError(str(error)) from None
     try:
-        return _Run(config, procs, progress=progress, verbose=verbose).run(handle_signals)
+        return _Run(config, procs, progress=progress, verbose=verbose, data=data).run(handle_signals)
     finally:
         procs.close()
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, procs: Processes, *, progress: bool, verbose: bool) -> None:
+    def __init__(self, config: TrainConfig, procs: Processes, *, progress: bool, verbose: bool,
+                 data: Optional[datasets.ImageData]) -> None:
         self.config, self.procs = config, procs
         self.progress, self.verbose = progress and procs.is_main, verbose and procs.is_main
         self.device = procs.device
         _seed_everything(config.seed)
         try:
-            self.data = datasets.load(config.data, config.data_dir)
+            self.data = datasets.load(config.data, config.data_dir) if data is None else data
         except ValueError as error:
             raise TrainError(f"--data {config.data}: {error}") from None
         try:
@@ -226,11 +256,6 @@ class _Run:
             model = torch.compile(model)
         return model
 
-    def _autocast(self):
-        if not self.config.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-
     # -- training ---------------------------------------------------------------------------------
 
     def run(self, handle_signals: bool) -> TrainResult:
@@ -271,7 +296,7 @@ class _Run:
         step = self.batch
         for step, index in enumerate(self.sampler.epoch(self.order, start=self.batch), start=self.batch):
             x, y = data.batch(data.train, index, self.device, config.channels_last)
-            with self._autocast():
+            with _autocast(config, self.device):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum")
             (loss * scale).backward()
@@ -312,22 +337,12 @@ class _Run:
         return tqdm(total=steps, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                     unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
 
-    @torch.no_grad()
     def _evaluate(self) -> tuple:
         """Test loss (the training objective) and accuracy; each process takes a share."""
         data, procs = self.data, self.procs
-        self.core.eval()
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
         share = torch.arange(len(data.test))[procs.rank::procs.world]
-        for index in share.split(_EVAL_BATCH):
-            x, y = data.batch(data.test, index, self.device, self.config.channels_last)
-            with self._autocast():
-                logits = self.core(x)
-            loss += F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing,
-                                    reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum().double()
-        loss_sum, correct_sum = procs.sum([loss.item(), correct.item()])
+        loss, correct = evaluate(self.core, data, data.test, config=self.config, device=self.device, index=share)
+        loss_sum, correct_sum = procs.sum([loss, correct])
         n = len(data.test)
         return loss_sum / n, correct_sum / n
 
