@@ -88,32 +88,27 @@ class EagerTReLU(nn.Module):
         return f"slope={self.slope:.10g}, scale={self.scale:.10g}"
 
 
-class ActConv2d(nn.Conv2d):
+class _ThenActivation:
+    """A layer's output (with its bias) followed by an elementwise function; its state_dict is
+    the layer's own."""
+
+    def __init__(self, *args, activation: Callable[[torch.Tensor], torch.Tensor], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.activation(super().forward(input))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation!r}"
+
+
+class ActConv2d(_ThenActivation, nn.Conv2d):
     """nn.Conv2d (with its bias) followed by an elementwise function; state_dict as nn.Conv2d."""
 
-    def __init__(self, *args, activation: Callable[[torch.Tensor], torch.Tensor], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.activation = activation
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self.activation(super().forward(input))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation!r}"
-
-
-class ActLinear(nn.Linear):
+class ActLinear(_ThenActivation, nn.Linear):
     """nn.Linear (with its bias) followed by an elementwise function; state_dict as nn.Linear."""
-
-    def __init__(self, *args, activation: Callable[[torch.Tensor], torch.Tensor], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.activation = activation
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self.activation(super().forward(input))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation!r}"
 
 
 @dataclass(frozen=True)

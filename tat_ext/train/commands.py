@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import List
 
 __all__ = ["add_train", "add_compare", "add_sweep"]
 
@@ -23,14 +22,22 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_run_train, parser=train)
 
 
-def _lr_list(text: str) -> List[float]:
-    try:
-        values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates > 0, got {text!r}")
-    return values
+def _comma_list(convert, valid, what: str):
+    """An argparse type for a non-empty comma-separated list whose items all pass `valid`."""
+    def parse(text: str) -> list:
+        try:
+            values = [convert(p.strip()) for p in text.split(",") if p.strip()]
+        except ValueError:
+            values = []
+        if not values or not all(valid(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return values
+    return parse
+
+
+_lr_list = _comma_list(float, lambda v: math.isfinite(v) and v > 0, "learning rates > 0")
+_depth_list = _comma_list(int, lambda v: v >= 1, "numbers of layers >= 1")
+_name_list = _comma_list(str, bool, "names")
 
 
 def add_compare(commands: argparse._SubParsersAction) -> None:
@@ -48,23 +55,6 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
                          help="comma-separated learning rates (default " + ",".join(f"{v:g}" for v in COMPARE_LRS)
                               + ")")
     compare.set_defaults(handler=_run_compare, parser=compare)
-
-
-def _depth_list(text: str) -> List[int]:
-    try:
-        depths = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        depths = []
-    if not depths or min(depths) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers of layers >= 1, got {text!r}")
-    return depths
-
-
-def _name_list(text: str) -> List[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return names
 
 
 def add_sweep(commands: argparse._SubParsersAction) -> None:
