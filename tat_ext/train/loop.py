@@ -229,7 +229,8 @@ class _Run:
             self._restore(checkpoint)
         self.started_over = config.resume and checkpoint is None
         if config.out is not None and procs.is_main:  # only now: every check has passed
-            ckpt_io.write_config(config.out, config, self.resolved)
+            _write(config.out, ckpt_io.CONFIG,
+                   lambda path: ckpt_io.write_config(config.out, config, self.resolved))
         self.model = self._wrap(self.core)
 
     # -- setup ------------------------------------------------------------------------------------
