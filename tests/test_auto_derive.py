@@ -10,6 +10,9 @@ from tat_ext.cmaps import trelu_c_map
 from tat_ext.models import STANDARD_DEPTHS, vanilla_mlp, vanilla_resnet
 from tat_ext.transform import solve_trelu
 
+# Tiny models: a second thread only stalls on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 _ETAS = (0.9, 0.75, 0.5)
 
 

@@ -5,7 +5,9 @@
 
 The rules and their derivation: docs/math.md, "Deriving the structure of any model".
 """
+from tat_ext.auto.report import TailorInfo
 from tat_ext.auto.rules import UnsupportedConstruct
 from tat_ext.auto.structure import Structure, derive
+from tat_ext.auto.tailor import tailor
 
-__all__ = ["Structure", "UnsupportedConstruct", "derive"]
+__all__ = ["Structure", "TailorInfo", "UnsupportedConstruct", "derive", "tailor"]
