@@ -13,11 +13,11 @@ from tat_ext.transform import solve_trelu
 # Tiny models: a second thread only stalls on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-_ETAS = (0.9, 0.75, 0.5)
+_ETAS = (0.9, 0.75, 0.5, 0.3)
 
 
 def _solvable_eta(fn):
-    """The first of 0.9, 0.75, 0.5 that the architecture reaches (small rescaled nets cannot reach 0.9)."""
+    """The first of 0.9, 0.75, 0.5, 0.3 that the architecture reaches (small rescaled nets cannot reach 0.9)."""
     reachable = fn(0.0, lambda c: trelu_c_map(c, 0.0))
     return next(eta for eta in _ETAS if eta < reachable)
 
@@ -43,6 +43,10 @@ def _zoo_configs():
     yield dict(depth=None, blocks=(1, 1, 1), shortcut_weight=0.5, small_input=True)
     yield dict(depth=None, blocks=(1, 1, 1), shortcut_weight=0.5, small_input=False)
     yield dict(depth=None, blocks=(2, 1), bottleneck=False, shortcut_weight=0.8, small_input=True)
+    # One block with a large shortcut weight: the single residual branch is the maximal subnetwork
+    # for the DKS and TAT conventions (projection, and identity shortcut).
+    yield dict(depth=None, blocks=(1,), shortcut_weight=0.9, small_input=True)
+    yield dict(depth=None, blocks=(1,), bottleneck=False, shortcut_weight=0.9, small_input=True)
 
 
 @pytest.mark.parametrize("config", list(_zoo_configs()), ids=lambda c: "-".join(map(str, c.values())))

@@ -133,14 +133,18 @@ def test_rescale_shortcuts_rewrites_unnormalized_sums():
     w2 = 0.36
 
     def expected(c, r):
+        # The blocks' residual branches (conv1 → relu → conv2) and shortcuts share the activation
+        # before them; the branch alone, from the last conv or sum, is r∘r (docs/math.md).
         x0 = c
         x = r(c)
-        x = r(w2 * x + (1 - w2) * r(x))       # block 1: residual conv1 → relu → conv2; relu after the sum
         x = r(w2 * x + (1 - w2) * r(x))
-        return max(x, r(x0))                  # the residual branch alone: one activation
+        x = r(w2 * x + (1 - w2) * r(x))
+        return max(x, r(r(x0)))
     for slope in (0.0, 0.5):
         r = lambda c, s=slope: trelu_c_map(c, s)  # noqa: E731
         assert tailored.tat.structure.subnet_max_func(0.0, r) == pytest.approx(expected(0.0, r), abs=1e-14)
+    for x, r in ((1.0, lambda y: 1.5 * y), (0.0, lambda y: 0.1 + y)):  # DKS and TAT conventions
+        assert tailored.tat.structure.subnet_max_func(x, r) == pytest.approx(expected(x, r), rel=1e-14)
     assert sum("0.6·shortcut" in line for line in tailored.tat.changes) == 2
 
 
