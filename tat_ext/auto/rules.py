@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from tat_ext.activations import TransformedActivation
 from tat_ext.data import per_location_normalization
@@ -358,7 +359,10 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeRule]:
     """
     data: set = set()
     for node in gm.graph.nodes:
-        is_tensor = isinstance(node.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)
+        meta = node.meta.get("tensor_meta")
+        # A tensor, or a tuple of tensors (an attention module's output): both carry data.
+        is_tensor = isinstance(meta, TensorMetadata) or (
+            isinstance(meta, (tuple, list)) and any(isinstance(m, TensorMetadata) for m in meta))
         if node.op == "placeholder" and is_tensor:
             data.add(node)
         elif node.op not in ("placeholder", "get_attr", "output") and is_tensor:
@@ -371,8 +375,6 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeRule]:
     owners: Dict[str, fx.Node] = {}
     for node in gm.graph.nodes:
         if node not in data:
-            continue
-        if node.op != "placeholder" and node.op != "call_module" and not classifier.inputs(node):
             continue
         rule = classifier.rule(node)
         rules[node] = rule
