@@ -187,3 +187,14 @@ def test_save_and_load():
     fresh.load_state_dict(tailored.state_dict())
     torch.testing.assert_close(fresh(x), tailored(x), rtol=0, atol=0)
     assert derive(loaded, x).depth == 4
+
+
+@pytest.mark.parametrize("shortcut_weight", [0.0, 0.5])
+def test_tailor_of_a_fused_zoo_model_keeps_its_slope(shortcut_weight):
+    """The zoo's fused build (TATConv2d/TReLU layers) re-tailored: same slope, same parameters."""
+    model = vanilla_resnet(50, 3, width=1, shortcut_weight=shortcut_weight, small_input=True, input_size=8)
+    x = torch.randn(2, 3, 8, 8)
+    tailored = tailor(model, x, init=False)
+    slopes = slopes_of(tailored)
+    assert slopes == pytest.approx([model.activation.slope] * len(slopes), abs=1e-9)
+    torch.testing.assert_close(tailored(x), model(x))  # init=False: the same function

@@ -74,14 +74,17 @@ def rescale_shortcuts(gm: fx.GraphModule, weight: float) -> List[str]:
                                        f"{depth[a]} nonlinear layers, so neither is the shortcut; write the sum "
                                        "as w·shortcut + sqrt(1 − w²)·residual yourself")
         residual, shortcut = (a, b) if depth[a] > depth[b] else (b, a)
-        with gm.graph.inserting_before(node):
-            scaled_shortcut = gm.graph.call_function(operator.mul, (shortcut, weight))
-            scaled_residual = gm.graph.call_function(operator.mul, (residual, math.sqrt(1.0 - weight * weight)))
-            new = gm.graph.call_function(operator.add, (scaled_shortcut, scaled_residual))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        changes.append(f"{qualified_name(new)}: {qualified_name(shortcut)} + {qualified_name(residual)} → "
+        scales = {}
+        for operand, role, factor in ((shortcut, "shortcut", weight),
+                                      (residual, "residual", math.sqrt(1.0 - weight * weight))):
+            with gm.graph.inserting_before(node):
+                scales[role] = gm.graph.create_node("call_function", operator.mul, (operand, factor),
+                                                    name=f"{node.name}_{role}")
+            scales[role].meta["nn_module_stack"] = node.meta.get("nn_module_stack")
+        # The sum keeps its node (and name); in-place and method forms become a plain add.
+        node.op, node.target = "call_function", operator.add
+        node.args, node.kwargs = (scales["shortcut"], scales["residual"]), {}
+        changes.append(f"{qualified_name(node)}: {qualified_name(shortcut)} + {qualified_name(residual)} → "
                        f"{weight:g}·shortcut + {math.sqrt(1.0 - weight * weight):.6g}·residual")
     gm.recompile()
     return changes
