@@ -348,7 +348,7 @@ class _Builder:
         if kind == "scale":
             return f"q ← {rule.coefficients[0] ** 2:.6g}·q"
         if kind in ("sum", "concat"):
-            terms = " + ".join(f"{w:.4g}·c[{qualified_name(p)}]" for w, p in self.weights[node])
+            terms = " + ".join(f"{w:.4g}·c[{p.name}]" for w, p in self.weights[node])
             return f"{kind}: c = {terms}"
         if kind == "pool" and self.in_body(node):
             return "identity (pooling in the body: warning)"
