@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tat_ext.auto.rules import NodeRule, UnsupportedConstruct, classify, qualified_name
-from tat_ext.init import _INITIALIZED_TYPES, scaled_uniform_orthogonal_
+from tat_ext.init import scaled_uniform_orthogonal_
 from tat_ext.models.layers import ActConv2d, ActLinear, Activation, PerLocationNorm
 from tat_ext.nn import TATConv2d, TATLinear, TReLU
 from tat_ext.ops import trelu
@@ -279,8 +279,8 @@ def init_functional_weights(gm: fx.GraphModule, rules: Dict[fx.Node, NodeRule]) 
         if rule.kind != "linear" or node.op != "call_function":
             continue
         owner_name, _, _ = rule.weight.rpartition(".")
-        if isinstance(gm.get_submodule(owner_name), _INITIALIZED_TYPES):
-            continue
+        if isinstance(gm.get_submodule(owner_name), (nn.Linear, nn.modules.conv._ConvNd)):
+            continue  # tat_init_ initializes it
         weight = gm.get_parameter(rule.weight)
         groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
         for block in weight.detach().chunk(groups, dim=0):  # one SUO block per group, as tat_init_
