@@ -1,5 +1,4 @@
 """tat_ext.auto.derive: the derived subnet_max_func reproduces the zoo's hand-written one."""
-import math
 
 import pytest
 import torch

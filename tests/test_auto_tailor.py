@@ -1,6 +1,5 @@
 """tat_ext.auto.tailor: zoo equivalence, what it changes, the kernel at init, saving and loading."""
 import io
-import math
 
 import pytest
 import torch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -85,7 +85,7 @@ _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _SOFTMAX_FUNCTIONS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
 _PASS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten)
-_PASS_FUNCTIONS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+_PASS_FUNCTIONS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, F.pad,
                    torch.transpose, operator.getitem)
 _PASS_METHODS = ("view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze",
                  "unsqueeze", "clone", "to", "float", "double", "half", "bfloat16", "__getitem__")
