@@ -100,3 +100,22 @@ def test_table_lists_every_node():
     assert "c ← r(c) [tanh]" in table and "1 nonlinear layers" in table
     assert structure.activations == ("1",)
     assert model.training  # derive leaves the model's mode alone
+
+
+def test_channel_concatenation_mixes_by_channel_count():
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 12, 1)
+            self.fc = nn.Linear(16, 2)
+
+        def forward(self, x):
+            both = torch.cat([torch.relu(self.a(x)), self.b(x)], dim=1)
+            return self.fc(torch.relu(both).mean(dim=(2, 3)))
+
+    structure = derive(Concat(), torch.randn(2, 3, 4, 4))
+    assert structure.depth == 2 and not structure.is_chain
+    for slope in (0.0, 0.6):
+        r = lambda c, s=slope: trelu_c_map(c, s)  # noqa: E731
+        for x in (0.0, 0.4):
+            assert structure.subnet_max_func(x, r) == pytest.approx(r((4 * r(x) + 12 * x) / 16), abs=1e-15)
