@@ -3,6 +3,7 @@ import argparse
 import textwrap
 
 import pytest
+import torch
 
 from tat_ext.auto.builder import build_model, is_builder_ref, load_builder, source_hash
 from tat_ext.auto.command import add_arguments, main
@@ -105,3 +106,23 @@ def test_tailor_command_errors_name_the_flag(model_file, argv, flag, match):
     with pytest.raises(UsageError, match=match) as info:
         main(args)
     assert info.value.argument == flag
+
+
+def test_tailored_user_model_records_builder_and_structure(model_file):
+    from tat_ext.auto.builder import check_unchanged, tailored_user_model
+
+    model, resolved = tailored_user_model(f"{model_file}:build", {"num_classes": 3, "in_channels": 1},
+                                          torch.zeros(2, 1, 8, 8), eta=0.5, activation=None)
+    assert resolved["builder"]["sha256"] == source_hash(str(model_file))
+    assert resolved["structure"]["depth"] == 4 and resolved["structure"]["method"] == "TAT"
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    check_unchanged(resolved["builder"])
+    model_file.write_text(_SOURCE + "\n# edited\n")
+    with pytest.raises(ValueError, match=r"--resume: .*mymodel.py changed since the run started"):
+        check_unchanged(resolved["builder"])
+    with pytest.raises(ValueError, match=r"cannot tailor a user model") as info:
+        tailored_user_model(f"{model_file}:build", {}, torch.zeros(2, 3, 8, 8), eta=None, activation="relu")
+    assert info.value.argument == "--activation"
+    _, resolved = tailored_user_model(f"{model_file}:build", {}, torch.zeros(2, 3, 8, 8), eta=None,
+                                      activation="dks-softplus")
+    assert resolved["structure"]["method"] == "DKS"

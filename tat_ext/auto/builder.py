@@ -16,13 +16,15 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import torch
 from torch import nn
 
 from tat_ext._validate import ArgumentValueError
 
-__all__ = ["BuilderRef", "build_model", "is_builder_ref", "load_builder", "source_hash"]
+__all__ = ["BuilderRef", "build_model", "check_unchanged", "is_builder_ref", "load_builder", "source_hash",
+           "tailor_arguments", "tailored_user_model"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,68 @@ def build_model(builder: Callable[..., nn.Module], offered: Mapping[str, Any], a
         raise ArgumentValueError(argument, f"{argument}: the builder returned {type(model).__name__}, "
                                            "not an nn.Module")
     return model
+
+
+# ``tat-ext train --activation`` names → tailor()'s method and activation.
+_TRAIN_ACTIVATIONS = {"trelu": ("TAT", None)}
+
+
+def tailor_arguments(activation: Optional[str]) -> Tuple[str, Optional[str]]:
+    """(method, activation) of ``tailor`` for a ``tat-ext train --activation`` name: ``trelu``
+    (default; the model's ReLUs become TReLU), ``tat-<name>`` or ``dks-<name>``.
+
+    Raises:
+        ArgumentValueError naming ``--activation`` (``relu``, the untransformed baseline, applies to
+        the zoo models only).
+    """
+    name = activation or "trelu"
+    if name in _TRAIN_ACTIVATIONS:
+        return _TRAIN_ACTIVATIONS[name]
+    method, _, base = name.partition("-")
+    if method in ("tat", "dks") and base:
+        return method.upper(), base
+    raise ArgumentValueError("--activation", f"--activation {name!r} cannot tailor a user model: use trelu, "
+                                             "tat-<name> or dks-<name>")
+
+
+def tailored_user_model(reference: str, offered: Mapping[str, Any], example: torch.Tensor, *,
+                        eta: Optional[float], activation: Optional[str],
+                        shortcut_weight: float = 0.0) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the user's model from ``reference`` with the ``offered`` keyword arguments, tailor it
+    (``shortcut_weight`` > 0 rescales plain sums), and say what it resolved to (for config.json:
+    the builder's reference, source file and SHA-256, the derived structure and the changes).
+
+    Raises:
+        ArgumentValueError: a bad reference or builder (``--model``), a bad ``--activation`` or
+            ``--eta``, or a construct TAT cannot handle (``--model``).
+    """
+    from tat_ext.auto.tailor import tailor
+
+    builder, ref = load_builder(reference)
+    model = build_model(builder, offered)
+    method, name = tailor_arguments(activation)
+    try:
+        tailored = tailor(model, example, eta=0.9 if eta is None else eta, method=method, activation=name,
+                          rescale_shortcuts=shortcut_weight or None)
+    except ValueError as error:
+        flag = {"eta": "--eta", "activation": "--activation"}.get(getattr(error, "argument", None), "--model")
+        raise ArgumentValueError(flag, str(error)) from None
+    resolved = {"builder": ref.to_dict(), "builder_kwargs": {k: v for k, v in offered.items()},
+                "structure": tailored.tat.to_dict(), "table": tailored.tat.structure.table().splitlines()}
+    return tailored, resolved
+
+
+def check_unchanged(saved: Mapping[str, Any]) -> None:
+    """For ``--resume``: the builder's source file must be the one the run started with.
+
+    Raises:
+        ArgumentValueError naming ``--model``: the file is gone or its SHA-256 differs.
+    """
+    source, sha = saved["source"], saved["sha256"]
+    if not os.path.isfile(source):
+        raise ArgumentValueError("--model", f"--resume: the model's source {source} no longer exists")
+    now = source_hash(source)
+    if now != sha:
+        raise ArgumentValueError("--model", f"--resume: {source} changed since the run started (SHA-256 "
+                                            f"{sha[:12]}… then, {now[:12]}… now); restore it, or start a new "
+                                            "run with another --out")
