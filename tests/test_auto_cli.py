@@ -7,7 +7,7 @@ import torch
 
 from tat_ext.auto.builder import build_model, is_builder_ref, load_builder, source_hash
 from tat_ext.auto.command import add_arguments, main
-from tat_ext.tools.common import UsageError
+from tat_ext.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,7 +69,7 @@ def test_load_from_a_file_and_a_module(model_file, monkeypatch):
 def test_bad_references(model_file, reference, match):
     with pytest.raises(ValueError, match=match) as info:
         load_builder(reference.format(file=model_file))
-    assert info.value.argument == "--model"
+    assert info.value.flag == "--model"
 
 
 def test_builder_must_return_a_module(model_file):
@@ -103,9 +103,9 @@ def test_tailor_command_errors_name_the_flag(model_file, argv, flag, match):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--model", f"{model_file}:build", "--input-shape", "1,3,8,8", "--eta", "0.5"] + argv)
-    with pytest.raises(UsageError, match=match) as info:
+    with pytest.raises(UserError, match=match) as info:
         main(args)
-    assert info.value.argument == flag
+    assert info.value.flag == flag
 
 
 def test_tailored_user_model_records_builder_and_structure(model_file):
@@ -122,7 +122,7 @@ def test_tailored_user_model_records_builder_and_structure(model_file):
         check_unchanged(resolved["builder"])
     with pytest.raises(ValueError, match=r"cannot tailor a user model") as info:
         tailored_user_model(f"{model_file}:build", {}, torch.zeros(2, 3, 8, 8), eta=None, activation="relu")
-    assert info.value.argument == "--activation"
+    assert info.value.flag == "--activation"
     _, resolved = tailored_user_model(f"{model_file}:build", {}, torch.zeros(2, 3, 8, 8), eta=None,
                                       activation="dks-softplus")
     assert resolved["structure"]["method"] == "DKS"

@@ -21,10 +21,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from tat_ext._validate import ArgumentValueError
+from tat_ext.errors import UserError
+from tat_ext.models.layers import activation_choices
 
-__all__ = ["BuilderRef", "build_model", "check_unchanged", "is_builder_ref", "load_builder", "source_hash",
-           "tailor_arguments", "tailored_user_model"]
+__all__ = ["TRAIN_ACTIVATIONS", "BuilderRef", "build_for_request", "build_model", "check_resume", "check_unchanged",
+           "describe", "is_builder_ref", "load_builder", "source_hash", "tailor_arguments", "tailored_user_model"]
 
 
 @dataclass(frozen=True)
@@ -50,21 +51,21 @@ def source_hash(path: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
-def load_builder(reference: str, argument: str = "--model") -> Tuple[Callable[..., nn.Module], BuilderRef]:
+def load_builder(reference: str) -> Tuple[Callable[..., nn.Module], BuilderRef]:
     """The callable ``reference`` names, and its :class:`BuilderRef`.
 
     Raises:
-        ArgumentValueError (a ValueError naming ``argument``): a file that does not exist, a module
-            that cannot be imported, a missing or non-callable attribute.
+        UserError (a ValueError naming ``model``): a file that does not exist, a module that
+            cannot be imported, a missing or non-callable attribute.
     """
     location, _, name = reference.rpartition(":")
     if not location or not name.isidentifier():
-        raise ArgumentValueError(argument, f"{argument} {reference!r}: expected path/to/file.py:builder or "
+        raise UserError("model", f"--model {reference!r}: expected path/to/file.py:builder or "
                                            "package.module:builder")
     if location.endswith(".py") or os.sep in location or "/" in location:
         path = os.path.abspath(location)
         if not os.path.isfile(path):
-            raise ArgumentValueError(argument, f"{argument}: no such file {location!r}")
+            raise UserError("model", f"--model: no such file {location!r}")
         module_name = f"tat_ext_user_model_{source_hash(path)[:16]}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -73,28 +74,28 @@ def load_builder(reference: str, argument: str = "--model") -> Tuple[Callable[..
             spec.loader.exec_module(module)
         except Exception as error:
             del sys.modules[module_name]
-            raise ArgumentValueError(argument, f"{argument}: running {location!r} failed: "
+            raise UserError("model", f"--model: running {location!r} failed: "
                                                f"{type(error).__name__}: {error}") from None
     else:
         try:
             module = importlib.import_module(location)
         except Exception as error:
-            raise ArgumentValueError(argument, f"{argument}: cannot import {location!r}: "
+            raise UserError("model", f"--model: cannot import {location!r}: "
                                                f"{type(error).__name__}: {error}") from None
         path = getattr(module, "__file__", None)
         if path is None:
-            raise ArgumentValueError(argument, f"{argument}: module {location!r} has no source file to record")
+            raise UserError("model", f"--model: module {location!r} has no source file to record")
     builder = getattr(module, name, None)
     if not callable(builder):
-        raise ArgumentValueError(argument, f"{argument}: {location!r} has no callable {name!r}")
+        raise UserError("model", f"--model: {location!r} has no callable {name!r}")
     return builder, BuilderRef(reference, os.path.abspath(path), source_hash(path))
 
 
-def build_model(builder: Callable[..., nn.Module], offered: Mapping[str, Any], argument: str = "--model") -> nn.Module:
+def build_model(builder: Callable[..., nn.Module], offered: Mapping[str, Any]) -> nn.Module:
     """Call ``builder`` with the ``offered`` keyword arguments its signature accepts.
 
     Raises:
-        ArgumentValueError: the builder raised, or did not return an nn.Module.
+        UserError: the builder raised, or did not return an nn.Module.
     """
     try:
         parameters = inspect.signature(builder).parameters.values()
@@ -107,16 +108,17 @@ def build_model(builder: Callable[..., nn.Module], offered: Mapping[str, Any], a
     try:
         model = builder(**kwargs)
     except Exception as error:
-        raise ArgumentValueError(argument, f"{argument}: the builder raised {type(error).__name__}: {error} "
+        raise UserError("model", f"--model: the builder raised {type(error).__name__}: {error} "
                                            f"(called with {kwargs})") from None
     if not isinstance(model, nn.Module):
-        raise ArgumentValueError(argument, f"{argument}: the builder returned {type(model).__name__}, "
+        raise UserError("model", f"--model: the builder returned {type(model).__name__}, "
                                            "not an nn.Module")
     return model
 
 
-# ``tat-ext train --activation`` names → tailor()'s method and activation.
-_TRAIN_ACTIVATIONS = {"trelu": ("TAT", None)}
+# The ``tat-ext train --activation`` names a user model takes: TReLU (the model's ReLUs, tailored)
+# and the smooth TAT/DKS choices; ``relu`` (the untransformed baseline) is for the zoo models.
+TRAIN_ACTIVATIONS = ("trelu",) + tuple(n for n in activation_choices() if n.startswith(("tat-", "dks-")))
 
 
 def tailor_arguments(activation: Optional[str]) -> Tuple[str, Optional[str]]:
@@ -124,17 +126,17 @@ def tailor_arguments(activation: Optional[str]) -> Tuple[str, Optional[str]]:
     (default; the model's ReLUs become TReLU), ``tat-<name>`` or ``dks-<name>``.
 
     Raises:
-        ArgumentValueError naming ``--activation`` (``relu``, the untransformed baseline, applies to
-        the zoo models only).
+        UserError naming ``activation`` (``relu``, the untransformed baseline, applies to the zoo
+            models only).
     """
     name = activation or "trelu"
-    if name in _TRAIN_ACTIVATIONS:
-        return _TRAIN_ACTIVATIONS[name]
+    if name not in TRAIN_ACTIVATIONS:
+        raise UserError("activation", f"--activation {name!r} cannot tailor a user model: use trelu, "
+                                      "tat-<name> or dks-<name>")
+    if name == "trelu":
+        return "TAT", None
     method, _, base = name.partition("-")
-    if method in ("tat", "dks") and base:
-        return method.upper(), base
-    raise ArgumentValueError("--activation", f"--activation {name!r} cannot tailor a user model: use trelu, "
-                                             "tat-<name> or dks-<name>")
+    return method.upper(), base
 
 
 def tailored_user_model(reference: str, offered: Mapping[str, Any], example: torch.Tensor, *,
@@ -145,8 +147,8 @@ def tailored_user_model(reference: str, offered: Mapping[str, Any], example: tor
     the builder's reference, source file and SHA-256, the derived structure and the changes).
 
     Raises:
-        ArgumentValueError: a bad reference or builder (``--model``), a bad ``--activation`` or
-            ``--eta``, or a construct TAT cannot handle (``--model``).
+        UserError: a bad reference or builder (argument ``model``), a bad ``activation`` or
+            ``eta``, or a construct TAT cannot handle (``model``).
     """
     from tat_ext.auto.tailor import tailor
 
@@ -157,8 +159,8 @@ def tailored_user_model(reference: str, offered: Mapping[str, Any], example: tor
         tailored = tailor(model, example, eta=0.9 if eta is None else eta, method=method, activation=name,
                           rescale_shortcuts=shortcut_weight or None)
     except ValueError as error:
-        flag = {"eta": "--eta", "activation": "--activation"}.get(getattr(error, "argument", None), "--model")
-        raise ArgumentValueError(flag, str(error)) from None
+        argument = getattr(error, "argument", None)
+        raise UserError(argument if argument in ("eta", "activation") else "model", str(error)) from None
     resolved = {"builder": ref.to_dict(), "builder_kwargs": {k: v for k, v in offered.items()},
                 "structure": tailored.tat.to_dict(), "table": tailored.tat.structure.table().splitlines()}
     return tailored, resolved
@@ -168,13 +170,46 @@ def check_unchanged(saved: Mapping[str, Any]) -> None:
     """For ``--resume``: the builder's source file must be the one the run started with.
 
     Raises:
-        ArgumentValueError naming ``--model``: the file is gone or its SHA-256 differs.
+        UserError naming ``model``: the file is gone or its SHA-256 differs.
     """
     source, sha = saved["source"], saved["sha256"]
     if not os.path.isfile(source):
-        raise ArgumentValueError("--model", f"--resume: the model's source {source} no longer exists")
+        raise UserError("model", f"--resume: the model's source {source} no longer exists")
     now = source_hash(source)
     if now != sha:
-        raise ArgumentValueError("--model", f"--resume: {source} changed since the run started (SHA-256 "
-                                            f"{sha[:12]}… then, {now[:12]}… now); restore it, or start a new "
-                                            "run with another --out")
+        raise UserError("model", f"--resume: {source} changed since the run started (SHA-256 {sha[:12]}… "
+                                 f"then, {now[:12]}… now); restore it, or start a new run with another --out")
+
+
+def build_for_request(reference: str, request: Any) -> nn.Module:
+    """The model registry's builder for a user model: ``request`` is a
+    :class:`tat_ext.models.registry.ModelRequest`; its ``num_classes`` and ``in_channels``, and
+    ``depth``/``width``/``blocks`` when set, are offered to the builder; the example input is a
+    batch of two zero images of the data's shape."""
+    offered = {"num_classes": request.num_classes, "in_channels": request.in_channels}
+    offered.update({k: getattr(request, k) for k in ("depth", "width", "blocks") if getattr(request, k) is not None})
+    example = torch.zeros(2, request.in_channels, request.image_size, request.image_size)
+    model, record = tailored_user_model(reference, offered, example, eta=request.eta,
+                                        activation=request.activation, shortcut_weight=request.shortcut_weight)
+    model.tat_builder = record  # read by describe()
+    return model
+
+
+def describe(model: nn.Module) -> Dict[str, Any]:
+    """What a user model built by :func:`build_for_request` resolved to (config.json)."""
+    info = model.tat
+    if info.eta is not None:  # TReLU
+        constants = info.activations["leaky_relu"]
+        activation = {"name": "trelu", "slope": constants["slope"], "scale": constants["scale"], "eta": info.eta}
+    else:
+        activation = {"name": f"{info.method.lower()}-{','.join(info.activations)}", **{
+            f"{name}.{key}": value for name, values in info.activations.items() for key, value in values.items()}}
+    return {**model.tat_builder, "activation": activation}
+
+
+def check_resume(saved_resolved: Mapping[str, Any]) -> None:
+    """The model registry's ``--resume`` check: the builder's file is unchanged."""
+    saved = saved_resolved.get("builder") if isinstance(saved_resolved, Mapping) else None
+    if not isinstance(saved, Mapping) or "source" not in saved or "sha256" not in saved:
+        raise UserError("model", "--resume: the saved run does not record the model's source file")
+    check_unchanged(saved)

@@ -4,8 +4,9 @@ solved activation and what tailoring changes.
     tat-ext tailor --model path/to/file.py:build --input-shape 1,3,32,32
     tat-ext tailor --model package.module:build --input-shape 1,64 --eta 0.8
 
-The builder gets ``in_channels`` (from --input-shape) and any of ``num_classes``, ``depth``,
-``width``, ``blocks`` passed on the command line, when its signature accepts them.
+The builder gets ``in_channels`` (from --input-shape), ``num_classes`` (--num-classes, default 10)
+and any of ``depth``, ``width``, ``blocks`` passed on the command line, when its signature
+accepts them.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from typing import Any, Dict
 import torch
 
 from tat_ext.activations import activation_names
+from tat_ext.errors import UserError
 
 __all__ = ["add_arguments", "main", "tailor_from_args"]
 
-# tailor()'s argument names → the flags that set them (errors name the flag).
-_FLAGS = {"eta": "--eta", "method": "--method", "activation": "--activation",
-          "rescale_shortcuts": "--rescale-shortcuts", "example_inputs": "--input-shape"}
+# tailor()'s arguments that are not flags of their own: the example input is --input-shape.
+_ARGUMENTS = {"example_inputs": "input_shape"}
 
 
 def _shape(text: str) -> tuple:
@@ -55,31 +56,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rewrite plain sums a + b as W·shortcut + sqrt(1 − W²)·residual")
     parser.add_argument("--no-normalize-input", dest="normalize_input", action="store_false",
                         help="do not add per-location normalization at the input")
-    for flag, kind in (("--num-classes", int), ("--depth", int), ("--width", int), ("--blocks", _blocks)):
-        parser.add_argument(flag, type=kind, default=None, help="passed to the builder if it accepts it")
+    parser.add_argument("--num-classes", type=int, default=10, help="passed to the builder if it accepts it "
+                                                                     "(default 10)")
+    for flag, kind in (("--depth", int), ("--width", int), ("--blocks", _blocks)):
+        parser.add_argument(flag, type=kind, default=None, help="passed to the builder if given and accepted")
 
 
 def tailor_from_args(args: argparse.Namespace) -> torch.nn.Module:
-    """Build and tailor the model the flags describe (errors: UsageError naming the flag)."""
+    """Build and tailor the model the flags describe.
+
+    Raises:
+        UserError: naming the flag at fault (``--model`` for the model's own constructs).
+    """
     from tat_ext.auto.builder import build_model, load_builder
     from tat_ext.auto.tailor import tailor
-    from tat_ext.tools.common import UsageError
 
     try:
         builder, _ = load_builder(args.model)
-        offered: Dict[str, Any] = {"in_channels": args.input_shape[1]}
-        offered.update({k: getattr(args, k) for k in ("num_classes", "depth", "width", "blocks")
+        offered: Dict[str, Any] = {"in_channels": args.input_shape[1], "num_classes": args.num_classes}
+        offered.update({k: getattr(args, k) for k in ("depth", "width", "blocks")
                         if getattr(args, k) is not None})
         model = build_model(builder, offered)
         return tailor(model, torch.zeros(args.input_shape), eta=args.eta, method=args.method,
                       activation=args.activation, rescale_shortcuts=args.rescale_shortcuts,
                       normalize_input=args.normalize_input)
     except (ValueError, TypeError) as error:
-        flag = _FLAGS.get(getattr(error, "argument", None), getattr(error, "argument", None))
-        if flag is None or not str(flag).startswith("--"):
-            flag = "--input-shape" if "example_inputs" in str(error) else "--model"
-        message = str(error).replace("\n", " ")
-        raise UsageError(flag, message) from None
+        argument = getattr(error, "argument", None)
+        if argument is None or argument not in vars(args) and argument not in _ARGUMENTS:
+            argument = "input_shape" if str(error).startswith("example_inputs") else "model"
+        raise UserError(_ARGUMENTS.get(argument, argument), " ".join(str(error).split())) from None
 
 
 def main(args: argparse.Namespace) -> int:

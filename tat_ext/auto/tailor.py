@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch import nn
 
 from tat_ext import _validate
-from tat_ext._validate import ArgumentValueError
+from tat_ext.errors import UserError
 from tat_ext.activations import TransformedActivation, activation_names
 from tat_ext.auto import rewrite
 from tat_ext.auto.report import TailorInfo
@@ -122,7 +122,7 @@ def _solve(structure: Structure, names: Dict[fx.Node, str], rules, method: str, 
                                    "(activation=...)")
     if method == "TAT" and distinct == ("leaky_relu",):
         if tat_params and "c_val_0_target" in tat_params:
-            raise ArgumentValueError("tat_params", "tat_params['c_val_0_target'] is η: pass eta= instead")
+            raise UserError("tat_params", "tat_params['c_val_0_target'] is η: pass eta= instead")
         params = _solve_trelu(structure, eta)
         spec = rewrite.LeakySpec(params.slope, params.scale)
         return {"leaky_relu": spec}, {"leaky_relu": {"slope": params.slope, "scale": params.scale,
@@ -155,7 +155,7 @@ def _solve_trelu(structure: Structure, eta: float):
                 solve_trelu(structure.depth, eta=eta)
             except ValueError as chain_error:
                 message = f"{chain_error} (the model is a chain of {structure.depth} nonlinear layers)"
-        raise ArgumentValueError("eta", message) from None
+        raise UserError("eta", message) from None
 
 
 def _check_unit_q(structure: Structure, names, rules) -> None:
