@@ -1,5 +1,7 @@
 """User model builders (``--model file.py:build`` / ``package.module:build``) and ``tat-ext tailor``."""
 import argparse
+import json
+import re
 import textwrap
 
 import pytest
@@ -126,3 +128,51 @@ def test_tailored_user_model_records_builder_and_structure(model_file):
     _, resolved = tailored_user_model(f"{model_file}:build", {}, torch.zeros(2, 3, 8, 8), eta=None,
                                       activation="dks-softplus")
     assert resolved["structure"]["method"] == "DKS"
+
+
+# -- through tat-ext ---------------------------------------------------------------------------------
+def _cli(argv, capsys):
+    from tat_ext.cli import main as cli_main
+
+    status = cli_main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_tailor(model_file, capsys):
+    status, out, _ = _cli(["tailor", "--model", f"{model_file}:build", "--input-shape", "1,1,8,8", "--eta", "0.5"],
+                          capsys)
+    assert status == 0 and "4 nonlinear layers on the deepest path" in out
+    status, _, err = _cli(["tailor", "--model", f"{model_file}:nope", "--input-shape", "1,1,8,8"], capsys)
+    assert status == 2 and err.count("\n") == 1 and "argument --model:" in err
+
+
+def test_cli_train_user_model_and_resume(model_file, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    argv = ["train", "--model", f"{model_file}:build", "--depth", "3", "--eta", "0.5", "--epochs", "1",
+            "--batch-size", "512", "--schedule", "constant", "--out", out]
+    status, _, err = _cli(argv, capsys)
+    assert status == 0, err
+    with open(f"{out}/config.json") as handle:
+        saved = json.load(handle)
+    resolved = saved["resolved"]
+    assert saved["config"]["model"] == f"{model_file}:build" and saved["config"]["depth"] == 3
+    assert resolved["builder"]["sha256"] == source_hash(str(model_file))
+    assert resolved["builder_kwargs"] == {"num_classes": 10, "in_channels": 1, "depth": 3}
+    assert resolved["structure"]["depth"] == 3 and resolved["activation"]["name"] == "trelu"
+    resume = [a if a != "1" else "2" for a in argv] + ["--resume"]  # one epoch more
+    status, _, err = _cli(resume, capsys)
+    assert status == 0, err
+    model_file.write_text(_SOURCE + "\n# edited\n")
+    status, _, err = _cli([a if a != "2" else "3" for a in resume], capsys)
+    assert status == 2 and "argument --model: --resume:" in err and "changed since the run started" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "nowhere/net.py:build"], "argument --model: no such file"),
+    (["--model", "{file}:build", "--activation", "relu"], "argument --activation:"),
+    (["--model", "{file}:not_a_model"], "argument --model: .*returned int, not an nn.Module"),
+])
+def test_cli_train_bad_user_model(model_file, capsys, argv, match):
+    status, _, err = _cli(["train"] + [a.format(file=model_file) for a in argv] + ["--epochs", "1"], capsys)
+    assert status == 2 and re.search(match, err) and err.count("\n") == 1
