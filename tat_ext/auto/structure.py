@@ -197,8 +197,9 @@ class _Builder:
         if abs(q - 1.0) > Q_TOLERANCE:
             raise self.reject(node, f"unnormalized sum: its output has q = {q:.6g}, not 1 (squared weights "
                                     f"{' + '.join(f'{p:.4g}' for p in parts)}); write it as "
-                                    "w·shortcut + sqrt(1 − w²)·residual, or pass rescale_shortcuts=w to "
-                                    "tailor (the paper's rescaled ResNet)")
+                                    "w·shortcut + sqrt(1 − w²)·residual, or have tailor rewrite it (the paper's "
+                                    "rescaled ResNet): rescale_shortcuts=w in Python, --shortcut-weight W "
+                                    "with tat-ext train, --rescale-shortcuts W with tat-ext tailor")
         self.q[node] = q
         self.weights[node] = tuple((w / q, p) for w, p in zip(parts, rule.data))
         dependent = [p for p in rule.data if not self.ends_in_own_linear(p, node)]
