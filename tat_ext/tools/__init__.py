@@ -9,5 +9,5 @@
     workloads the models and training step that bench and profile time
     timing    timers with spread, peak memory, saved-for-backward bytes, kernel launches
     plots     the PNG figures of a bench run
-    common    option parsing errors, atomic output files, tables, machine description
+    common    their usage error, dtype parsing, tables, the printed report (the rest: tat_ext.utils)
 """

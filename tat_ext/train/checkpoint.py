@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -37,7 +36,6 @@ __all__ = [
 FORMAT = "tat_ext.train/1"
 CHECKPOINT, CONFIG, METRICS, CURVES = "checkpoint.pt", "config.json", "metrics.jsonl", "curves.png"
 RUN_FILES = (CHECKPOINT, CONFIG, METRICS, CURVES)
-_FLAGGED = {f.name for f in dataclasses.fields(TrainConfig)}
 _REQUIRED = ("format", "config", "model", "optimizer", "scheduler", "rng", "epoch", "batch", "partial",
              "history")
 
@@ -116,7 +114,7 @@ def check_same_run(saved: Dict[str, Any], config: TrainConfig, where: str) -> No
     constant = saved.get("schedule") == "constant" and config.schedule == "constant"
     old, new = _run_identity(saved, constant), _run_identity(config.as_dict(), constant)
     keys = sorted(set(old) | set(new))
-    diff = [f"{flag_of(k) if k in _FLAGGED else k} {old.get(k)!r} -> {new.get(k)!r}"
+    diff = [f"{flag_of(k) or k} {old.get(k)!r} -> {new.get(k)!r}"
             for k in keys if old.get(k) != new.get(k)]
     if diff:
         hint = ""

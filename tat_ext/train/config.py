@@ -238,9 +238,11 @@ RESUMABLE_CHANGES = ("device", "compile", "out", "resume")
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def flag_of(name: str) -> str:
-    """The ``tat-ext train`` flag of the TrainConfig field ``name`` ("warmup_epochs" -> "--warmup-epochs")."""
-    return _FIELDS[name].metadata["flag"]
+def flag_of(name: Optional[str]) -> Optional[str]:
+    """The ``tat-ext train`` flag of the TrainConfig field ``name`` ("warmup_epochs" ->
+    "--warmup-epochs"); None when ``name`` is not a field."""
+    field = _FIELDS.get(name)
+    return None if field is None else field.metadata["flag"]
 
 
 def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None,

@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -27,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tat_ext import datasets
+from tat_ext.errors import RunError, UserError
 from tat_ext.train import checkpoint as ckpt_io
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
-from tat_ext.errors import RunError, UserError
 from tat_ext.train.config import Diverged, TrainConfig, TrainError, as_train_error, flag_of
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
@@ -38,7 +37,6 @@ from tat_ext.utils.progress import progress_bar
 __all__ = ["TrainResult", "evaluate", "train"]
 
 _EVAL_BATCH = 512
-_SETTINGS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -195,12 +193,12 @@ class _Run:
         try:
             self.data = datasets.load(config.data, config.data_dir) if data is None else data
         except ValueError as error:
-            raise TrainError("--data", f"--data {config.data}: {error}") from None
+            raise TrainError("--data-dir" if config.data_dir else "--data", f"{config.data}: {error}") from None
         try:
             model, self.resolved = build_model(config, self.data)
         except UserError as error:  # the builder's argument is a setting: name its flag
-            flag = flag_of(error.argument) if error.argument in _SETTINGS else "--model"
-            raise TrainError(flag, error.detail if flag != "--model" else f"{config.model}: {error}") from None
+            flag = flag_of(error.argument)
+            raise TrainError(flag or "--model", error.detail if flag else f"{config.model}: {error}") from None
         except ValueError as error:
             raise TrainError("--model", f"{config.model}: {error}") from None
         self.sampler = GlobalBatchSampler(len(self.data.train), config.batch_size, procs.rank, procs.world)
