@@ -7,6 +7,7 @@ Public entry points:
     tat_ext.nn                    TReLU, TATConv2d, TATLinear modules
     tat_ext.transform, cmaps      TReLU/TAT/DKS solvers and kernel (Q/C) maps
     tat_ext.activations           activation functions by name, the transformed activation
+    tat_ext.auto                  automatic TAT for any model: derive its structure, tailor it
     tat_ext.init, data            orthogonal (delta) initialization, per-location normalization
     tat_ext.diagnostics           checks of the kernel theory (and of the initialization) on a model
     tat_ext.models, datasets      vanilla TAT ResNets/MLPs and baselines; digits, CIFAR-10, synthetic
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 
 # Public submodules reachable as ``tat_ext.<name>`` without an explicit import (as torch.nn.init
 # is). Add new public submodules or subpackages here.
-_LAZY_SUBMODULES = ("activations", "cmaps", "data", "datasets", "diagnostics", "init", "models",
+_LAZY_SUBMODULES = ("activations", "auto", "cmaps", "data", "datasets", "diagnostics", "init", "models",
                     "tools", "train", "transform")
 
 

@@ -10,6 +10,7 @@ Subcommands:
     train   train a model (tat_ext.train); also under torchrun.
     compare the main job: one deep vanilla net trained with TAT and with EOC ReLU, side by side.
     sweep   the depth sweep: TAT vs EOC ReLU vs ResNet+BN over depths, seeds and learning rates.
+    tailor  a user model's derived kernel-map structure, solved activation and changes (tat_ext.auto).
 """
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ _TOOLS = {
     "profile": "torch.profiler traces and per-kernel tables of training steps, unfused vs fused",
 }
 
+# Subcommands implemented in other packages: name -> (module with add_arguments + main, summary).
+_COMMANDS = {
+    "tailor": ("tat_ext.auto.command", "print the structure, solved activation and changes that tailoring "
+                                       "a model of yours (--model file.py:build) makes"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tat-ext`` parser; each subcommand stores its handler in ``args.handler``."""
@@ -45,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.add_train(commands)
     train_commands.add_compare(commands)
     train_commands.add_sweep(commands)
+    for name, (module, summary) in _COMMANDS.items():
+        _add_tool(commands, name, summary, module)
     return parser
 
 
-def _add_tool(commands: argparse._SubParsersAction, name: str, summary: str) -> None:
-    module = importlib.import_module(f"tat_ext.tools.{name}")
+def _add_tool(commands: argparse._SubParsersAction, name: str, summary: str, module: str = "") -> None:
+    module = importlib.import_module(module or f"tat_ext.tools.{name}")
     sub = commands.add_parser(name, help=summary, description=module.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)

@@ -10,9 +10,13 @@ sweep picks its methods' models from it. Adding a model (or a user's builder) is
 
     register_model(ModelSpec("mynet", build, defaults={"width": 32}, takes_eta=False,
                              activations=("relu",), summary="my network"))
+
+A name of the form ``path/to/file.py:build`` or ``package.module:build`` is a user's builder: it
+resolves to a spec that builds that callable's model and tailors it (:mod:`tat_ext.auto.builder`).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -31,11 +35,12 @@ class ModelRequest:
     """What the trainer asks a builder for: the run's model settings and the data's shape.
 
     ``eta`` is None when the activation has none (only TReLU does); ``blocks`` is None for the
-    standard plan of ``depth``; ``small_input`` is True for images of at most 64x64 pixels.
+    standard plan of ``depth``; ``small_input`` is True for images of at most 64x64 pixels;
+    ``depth`` and ``width`` are None when neither the user nor the spec's defaults set them.
     """
 
-    depth: int
-    width: int
+    depth: Optional[int]
+    width: Optional[int]
     activation: str
     eta: Optional[float]
     shortcut_weight: float
@@ -63,6 +68,11 @@ class ModelSpec:
         batch_norm: whether it has normalization layers (the sweep schedules those runs first:
             they are the slowest at a given depth).
         summary: one line for ``--help``.
+        depth_of_blocks: the depth a custom ``--blocks`` plan must come with (None: any).
+        describe: ``describe(model) -> dict``, what the built model resolved to (config.json's
+            "resolved"); None: its ``activation`` attribute, as the zoo models have.
+        check_resume: ``check_resume(saved_resolved)`` raises a UserError when ``--resume`` would
+            rebuild a different model than the saved run's (a user builder whose file changed).
     """
 
     name: str
@@ -74,6 +84,9 @@ class ModelSpec:
     takes_shortcut_weight: bool = False
     batch_norm: bool = False
     summary: str = ""
+    depth_of_blocks: Optional[Callable[[Tuple[int, ...]], int]] = None
+    describe: Optional[Callable[[nn.Module], Dict[str, Any]]] = None
+    check_resume: Optional[Callable[[Mapping[str, Any]], None]] = None
 
     @property
     def default_activation(self) -> str:
@@ -109,9 +122,23 @@ def get_model_spec(name: str) -> ModelSpec:
     Raises:
         ValueError: no such model (the message lists the registered ones).
     """
+    if isinstance(name, str) and name not in _REGISTRY and ":" in name:
+        return register_model(_user_model_spec(name))
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise UserError("model", f"model must be one of {', '.join(_REGISTRY)}, got {name!r}")
+        raise UserError("model", f"model must be one of {', '.join(_REGISTRY)}, or path/to/file.py:build or "
+                                 f"package.module:build, got {name!r}")
     return _REGISTRY[name]
+
+
+def _user_model_spec(reference: str) -> ModelSpec:
+    """The spec of a user's builder ``file.py:name`` / ``module:name`` (loaded now, so that a bad
+    reference is reported before anything runs)."""
+    from tat_ext.auto import builder as user  # only for user models: tracing and solving
+
+    user.load_builder(reference)
+    return ModelSpec(reference, functools.partial(user.build_for_request, reference), takes_blocks=True,
+                     takes_shortcut_weight=True, activations=user.TRAIN_ACTIVATIONS, describe=user.describe,
+                     check_resume=user.check_resume, summary=f"user model {reference}, tailored by tat_ext.auto")
 
 
 def model_names() -> Tuple[str, ...]:
@@ -148,9 +175,17 @@ def _build_vanilla_mlp(request: ModelRequest) -> nn.Module:
                        **_eta(request))
 
 
+def _bottleneck_depth(blocks: Tuple[int, ...]) -> int:
+    """Conventional depth of a plan of bottleneck blocks: 3 convs each, the stem and the classifier."""
+    return 3 * sum(blocks) + 2
+
+
 # Default widths train the embedded digits (measured; README "Choosing the training settings").
-register_model(ModelSpec("vanilla_resnet", _build_vanilla_resnet, {"width": 8}, takes_blocks=True,
-                         takes_shortcut_weight=True, summary="vanilla ResNet-V2 shape for TAT"))
-register_model(ModelSpec("resnet", _build_resnet, {"width": 8}, takes_eta=False, activations=("relu",),
-                         takes_blocks=True, batch_norm=True, summary="ResNet-V2 with BatchNorm (baseline)"))
-register_model(ModelSpec("vanilla_mlp", _build_vanilla_mlp, {"width": 128}, summary="vanilla MLP for TAT"))
+register_model(ModelSpec("vanilla_resnet", _build_vanilla_resnet, {"width": 8, "depth": 50}, takes_blocks=True,
+                         takes_shortcut_weight=True, summary="vanilla ResNet-V2 shape for TAT",
+                         depth_of_blocks=_bottleneck_depth))
+register_model(ModelSpec("resnet", _build_resnet, {"width": 8, "depth": 50}, takes_eta=False, activations=("relu",),
+                         takes_blocks=True, batch_norm=True, summary="ResNet-V2 with BatchNorm (baseline)",
+                         depth_of_blocks=_bottleneck_depth))
+register_model(ModelSpec("vanilla_mlp", _build_vanilla_mlp, {"width": 128, "depth": 50},
+                         summary="vanilla MLP for TAT"))

@@ -37,7 +37,9 @@ def build_model(config: TrainConfig, data: ImageData) -> Tuple[nn.Module, Dict[s
         "small_input": small if isinstance(getattr(model, "plan", None), StagePlan) else None,
     }
     activation = getattr(model, "activation", None)
-    if activation is not None:
+    if spec.describe is not None:
+        resolved.update(spec.describe(model))
+    elif activation is not None:
         resolved["activation"] = {"name": activation.name, "init_gain": activation.init_gain, **activation.params}
     else:
         resolved["activation"] = {"name": "relu+batchnorm"}

@@ -23,6 +23,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from tat_ext.errors import UserError
+from tat_ext.models.registry import get_model_spec
 from tat_ext.train.config import RESUMABLE_CHANGES, TrainConfig, TrainError, flag_of
 from tat_ext.utils.files import atomic_write, ensure_writable_dir, remove_stale_temporaries, write_text_atomic
 
@@ -125,6 +127,17 @@ def check_same_run(saved: Dict[str, Any], config: TrainConfig, where: str) -> No
                                      f"(saved -> passed). Use the saved settings{hint}, or another --out")
 
 
+def _check_same_model(saved_resolved: Any, config: TrainConfig, where: str) -> None:
+    """The model's own --resume check (its registry spec's ``check_resume``: a user builder's
+    source file must be unchanged)."""
+    spec = get_model_spec(config.model)
+    if spec.check_resume is not None:
+        try:
+            spec.check_resume(saved_resolved if isinstance(saved_resolved, dict) else {})
+        except UserError as error:
+            raise TrainError("--model", f"{error.detail} (the run in {where})") from None
+
+
 def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
     """Check ``config.out`` before anything is written; returns the checkpoint to resume, if any.
 
@@ -151,6 +164,7 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
     if os.path.exists(checkpoint_path):
         ckpt = load_checkpoint(checkpoint_path)
         check_same_run(ckpt["config"], config, checkpoint_path)
+        _check_same_model(ckpt.get("resolved"), config, checkpoint_path)
         if config.schedule == "constant" and ckpt["epoch"] > config.epochs:
             raise TrainError("--epochs", f"the run in {out} already completed {ckpt['epoch']} epochs, "
                              f"more than --epochs {config.epochs}")
@@ -159,12 +173,14 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
         config_path = os.path.join(out, CONFIG)
         try:
             with open(config_path) as f:
-                saved = json.load(f)["config"]
+                saved_file = json.load(f)
+            saved = saved_file["config"]
             if not isinstance(saved, dict):
                 raise TypeError("config is not an object")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise TrainError("--resume", f"{out} has no {CHECKPOINT} and its {CONFIG} is unreadable "
                              f"({type(error).__name__}); nothing to resume") from None
         check_same_run(saved, config, config_path)
+        _check_same_model(saved_file.get("resolved"), config, config_path)
     remove_stale_temporaries(out, RUN_FILES)
     return ckpt

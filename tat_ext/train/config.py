@@ -93,10 +93,13 @@ class TrainConfig:
     ``depth`` with bottleneck blocks per stage; ``depth`` must then be 3·sum(blocks) + 2.
     """
 
-    model: str = _setting("--model", "vanilla_resnet", "model", "network family (tat_ext.models.registry)",
-                          choices=model_names)
-    depth: int = _setting("--depth", 50, "model", "resnets: 18/34/50/101/152/200; vanilla_mlp: hidden layers",
-                          type=int)
+    model: str = _setting("--model", "vanilla_resnet", "model", lambda: (
+        f"{', '.join(model_names())} (tat_ext.models.registry), or your own: path/to/file.py:build or "
+        "package.module:build, a callable returning an nn.Module (num_classes, in_channels and the "
+        "--depth/--width/--blocks you pass are given to it if it takes them), tailored by tat_ext.auto"),
+        metavar="NAME")
+    depth: Optional[int] = _setting("--depth", None, "model", "resnets: 18/34/50/101/152/200; vanilla_mlp: hidden "
+                                                             "layers (default 50)", type=int)
     blocks: Optional[Tuple[int, ...]] = _setting(
         "--blocks", None, "model", "resnets: a custom plan of 1-4 stages of bottleneck blocks (e.g. 1,1,1) instead "
                                    "of depth's standard one; --depth must be 3*sum+2 (its nonlinear layers + 1)",
@@ -149,11 +152,16 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             activation=self.activation or spec.default_activation,
+            depth=self._depth(spec),
             width=spec.defaults.get("width") if self.width is None else self.width,
             eta=(_DEFAULT_ETA if self.eta is None else self.eta) if spec.uses_eta(self.activation) else None,
             lr=_DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
             blocks=None if self.blocks is None else tuple(self.blocks),
         )
+
+    def _depth(self, spec) -> Optional[int]:
+        """--depth, else the model's default (None for a user model: not passed to its builder)."""
+        return self.depth if self.depth is not None else spec.defaults.get("depth")
 
     def _check(self) -> None:
         with as_train_error(types=True):
@@ -164,9 +172,7 @@ class TrainConfig:
         def fail(name: str, message: str) -> None:
             raise UserError(flag_of(name), message)
 
-        spec = get_model_spec(self.model) if isinstance(self.model, str) and self.model in model_names() else None
-        if spec is None:
-            fail("model", f"must be one of {', '.join(model_names())}, got {self.model!r}")
+        spec = get_model_spec(self.model)  # a user's builder reference is loaded here
         for name, options in (("data", DATASETS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             _validate.one_of(flag_of(name), getattr(self, name), options)
         for name, low in (("depth", 1), ("width", 1), ("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1),
@@ -216,9 +222,11 @@ class TrainConfig:
             fail("blocks", f"must be 1 to 4 integers >= 1 (bottleneck blocks per stage), got {blocks!r}")
         if not spec.takes_blocks:
             fail("blocks", "applies to the resnet models only")
-        if self.depth != 3 * sum(blocks) + 2:
-            fail("blocks", f"{','.join(map(str, blocks))} (bottleneck) gives depth {3 * sum(blocks) + 2}; "
-                           f"pass --depth {3 * sum(blocks) + 2}, not {self.depth}")
+        depth = self._depth(spec)
+        needed = None if spec.depth_of_blocks is None else spec.depth_of_blocks(tuple(blocks))
+        if needed is not None and depth != needed:
+            fail("blocks", f"{','.join(map(str, blocks))} (bottleneck) gives depth {needed}; "
+                           f"pass --depth {needed}, not {depth}")
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

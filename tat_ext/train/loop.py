@@ -418,7 +418,9 @@ class _Run:
     def _title(self) -> str:
         c, act = self.config, self.resolved.get("activation", {})
         slope = f", slope {act['slope']:.4f}" if "slope" in act else ""
-        return (f"{c.model} depth {c.depth} width {c.width}, {act.get('name')}{slope}; {c.data}; "
+        shape = "".join(f" {name} {value}" for name, value in (("depth", c.depth), ("width", c.width))
+                        if value is not None)
+        return (f"{c.model}{shape}, {act.get('name')}{slope}; {c.data}; "
                 f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
 
     def _print_header(self) -> None:
