@@ -80,9 +80,11 @@ def _class_names(path: str, layout: _Layout) -> Optional[Tuple[str, ...]]:
 
 
 def _batch_folder(data_dir: str, layout: _Layout) -> str:
-    """``data_dir`` itself when it holds the batch files, else its ``layout.folder`` subfolder."""
+    """``data_dir``'s ``layout.folder`` subfolder when it has one and ``data_dir`` itself lacks the
+    batch files, else ``data_dir``."""
     direct = all(os.path.isfile(os.path.join(data_dir, n)) for n in layout.train + (layout.test,))
-    return os.fspath(data_dir) if direct else os.path.join(data_dir, layout.folder)
+    nested = os.path.join(data_dir, layout.folder)
+    return nested if not direct and os.path.isdir(nested) else os.fspath(data_dir)
 
 
 def _download(data_dir: str, layout: _Layout) -> None:

@@ -46,7 +46,7 @@ def decode(path: str, channels: int) -> Tensor:
 
     try:
         with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+            pixels = np.array(image.convert("L" if channels == 1 else "RGB"))
     except Exception as error:  # Pillow raises many types for damaged files
         raise ValueError(f"--data-dir: {path} is not a readable image ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
