@@ -81,9 +81,15 @@ class Pipeline:
             return image
         if seed is None:
             return transform(image)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # torchvision draws from the default CPU generator; torch.manual_seed would also reseed
+        # every accelerator backend (100x slower), so seed and restore only this one.
+        generator = torch.default_generator
+        state = generator.get_state()
+        try:
+            generator.manual_seed(seed)
             return transform(image)
+        finally:
+            generator.set_state(state)
 
 
 def resolve_pipeline(data: ImageData, augment: Optional[str], image_size: Optional[int], seed: int) -> Pipeline:
