@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from tat_ext.datasets.decode import decode
+
 __all__ = ["ImageData", "Split", "channel_stats", "every_kth_per_class", "standardized", "validation_split"]
 
 # At most this many training images (evenly spaced) are decoded for the statistics of a split
@@ -40,8 +42,6 @@ class Split:
         """
         if self.images is not None:
             return self.images[i]
-        from tat_ext.datasets.imagefolder import decode
-
         return decode(self.files[i], self.channels)
 
     def subset(self, keep: Tensor) -> "Split":

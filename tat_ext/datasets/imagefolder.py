@@ -22,36 +22,16 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from tat_ext.datasets import fingerprint
 from tat_ext.datasets.core import ImageData, Split, standardized
 
-__all__ = ["EVAL_FOLDERS", "decode", "imagefolder"]
+__all__ = ["EVAL_FOLDERS", "imagefolder"]
 
 EVAL_FOLDERS = ("val", "test")
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 _SCAN_PROGRESS_FROM = 5000  # show a progress bar while scanning folders at least this large
-
-
-def decode(path: str, channels: int) -> Tensor:
-    """The pixels of ``path`` as uint8 [channels, H, W].
-
-    Raises:
-        ValueError: the file cannot be read or decoded (the message names it).
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            pixels = np.array(image.convert("L" if channels == 1 else "RGB"))
-    except Exception as error:  # Pillow raises many types for damaged files
-        raise ValueError(f"--data-dir: {path} is not a readable image ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
-    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 def _samples(folder: str, class_to_idx: Optional[dict]) -> Tuple[List[Tuple[str, int]], dict]:

@@ -15,6 +15,7 @@ one-line ValueError naming it (a DataLoader would wrap it in a multi-line traceb
 """
 from __future__ import annotations
 
+import signal
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
@@ -69,12 +70,19 @@ class BatchPlan:
         return len(self._items)
 
 
+def _worker_init(worker_id: int) -> None:
+    """Ctrl-C and SIGTERM are the training process's to handle (it stops after the step and saves);
+    a worker that died of them would make the DataLoader fail instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(split: Split, pipeline: Pipeline, *, train: bool, workers: int, device: torch.device,
                 plan: BatchPlan) -> DataLoader:
     """A DataLoader over the items of ``plan`` (see the module docstring)."""
     cuda = device.type == "cuda"
     return DataLoader(_Batches(split, pipeline, train), batch_size=None, sampler=plan, num_workers=workers,
-                      pin_memory=cuda, persistent_workers=cuda and workers > 0,
+                      pin_memory=cuda, persistent_workers=cuda and workers > 0, worker_init_fn=_worker_init,
                       # Its own generator: creating an iterator draws a seed, which must not
                       # advance the global generator (the checkpoint stores that one).
                       generator=torch.Generator().manual_seed(pipeline.seed))
