@@ -274,7 +274,7 @@ def test_cuda_without_gpu(capsys):
 def test_missing_and_corrupt_data_dir(tmp_path, capsys):
     status, err = _run_main(["--data", "cifar10", "--data-dir", str(tmp_path / "none")], capsys)
     assert status == 2 and "is not a directory" in err and err.count("\n") == 1
-    from test_datasets import make_fake_cifar
+    from fake_data import make_fake_cifar
 
     make_fake_cifar(tmp_path)
     (tmp_path / "data_batch_2").write_bytes(b"not a pickle")
