@@ -7,21 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from fake_data import CIFAR_FOLDER, make_fake_cifar, make_image_folder, make_npz
+from fake_data import CIFAR_FOLDER, file_tree as _tree, make_fake_cifar, make_image_folder, make_npz
 from tat_ext import datasets
 from tat_ext.datasets.augment import Pipeline, example_seed, resolve_pipeline
 from tat_ext.datasets.loader import BatchPlan, batches, make_loader
-
-
-def _tree(root):
-    """Every file under ``root`` with its bytes (to show nothing was modified)."""
-    found = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = f.read()
-    return found
 
 
 # -- digits, synthetic, validation split ------------------------------------------------------------
@@ -353,3 +342,14 @@ def test_crop_flip_is_a_padded_crop_seeded_per_example():
 def test_example_seed_mixes_every_part():
     seeds = {example_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}
     assert len(seeds) == 450 and all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def test_validation_split_of_an_image_folder(tmp_path):
+    make_image_folder(tmp_path, per_class=(5, 1))
+    data = datasets.imagefolder(str(tmp_path))
+    held = datasets.validation_split(data, every=5)
+    assert len(held.test) == 3 and len(held.train) == 12 and held.test.files is not None
+    assert set(held.train.files) | set(held.test.files) == set(data.train.files)
+    assert [os.path.basename(f) for f in held.test.files] == ["img004.png"] * 3  # the fifth of each class
+    every = torch.stack([held.train.example(i) for i in range(12)]).double() / 255
+    assert np.allclose(held.mean, every.mean(dim=(0, 2, 3)).numpy(), atol=1e-9)
