@@ -7,6 +7,17 @@ import numpy as np
 CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
+def file_tree(root):
+    """Every file under ``root`` with its bytes (to show that nothing was modified)."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = f.read()
+    return found
+
+
 def _write_pickle(path, entry):
     with open(path, "wb") as f:
         pickle.dump(entry, f)

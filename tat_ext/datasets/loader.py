@@ -7,8 +7,8 @@ examples of an item and return one stacked batch in the stored dtype (uint8 for 
 GPU copy moves a quarter of the bytes); :meth:`ImageData.normalize` then standardizes it on the
 device. The DataLoader keeps the items' order, and each example's augmentation depends on
 (seed, epoch, index) only (:mod:`tat_ext.datasets.augment`), so a batch is bitwise the same for
-any number of workers and after any resume. On CUDA the batches are pinned and the workers
-persist across epochs.
+any number of workers and after any resume. The workers persist across passes (starting
+processes costs more than a small epoch); on CUDA the batches are pinned.
 
 A file that cannot be decoded in a worker comes back as a marker, and :func:`batches` raises a
 one-line ValueError naming it (a DataLoader would wrap it in a multi-line traceback).
@@ -71,10 +71,10 @@ class BatchPlan:
 
 
 def _worker_init(worker_id: int) -> None:
-    """Ctrl-C and SIGTERM are the training process's to handle (it stops after the step and saves);
-    a worker that died of them would make the DataLoader fail instead."""
+    """Ctrl-C in a terminal reaches the whole process group, but it is the training process's to
+    handle (it stops after the step and saves); a worker that died of it would make the DataLoader
+    fail instead. (SIGTERM stays fatal: the DataLoader and multiprocessing end workers with it.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(split: Split, pipeline: Pipeline, *, train: bool, workers: int, device: torch.device,
@@ -82,7 +82,7 @@ def make_loader(split: Split, pipeline: Pipeline, *, train: bool, workers: int, 
     """A DataLoader over the items of ``plan`` (see the module docstring)."""
     cuda = device.type == "cuda"
     return DataLoader(_Batches(split, pipeline, train), batch_size=None, sampler=plan, num_workers=workers,
-                      pin_memory=cuda, persistent_workers=cuda and workers > 0, worker_init_fn=_worker_init,
+                      pin_memory=cuda, persistent_workers=workers > 0, worker_init_fn=_worker_init,
                       # Its own generator: creating an iterator draws a seed, which must not
                       # advance the global generator (the checkpoint stores that one).
                       generator=torch.Generator().manual_seed(pipeline.seed))
