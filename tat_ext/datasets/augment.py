@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from tat_ext.datasets.core import ImageData
+from tat_ext.errors import UserError
 
 __all__ = ["AUGMENTS", "EVAL_CROP_FRACTION", "Pipeline", "example_seed", "resolve_pipeline"]
 
@@ -102,22 +103,22 @@ def resolve_pipeline(data: ImageData, augment: Optional[str], image_size: Option
     """
     augment = data.default_augment if augment is None else augment
     if augment not in AUGMENTS:
-        raise ValueError(f"--augment: must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        raise UserError("augment", f"--augment: must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"--image-size: must be an integer >= 1, got {image_size!r}")
+        raise UserError("image_size", f"--image-size: must be an integer >= 1, got {image_size!r}")
     stored = data.stored_size
     square = stored is not None and stored[0] == stored[1]
     if augment == "inception":
         if image_size is None and not square:
             shape = "mixed sizes" if stored is None else f"non-square images ({stored[0]}x{stored[1]})"
-            raise ValueError(f"--image-size: {data.name} ({data.source}) has {shape}; pass the side "
+            raise UserError("image_size", f"--image-size: {data.name} ({data.source}) has {shape}; pass the side "
                              "the random resized crop should produce (e.g. --image-size 224)")
         return Pipeline(augment, stored[0] if image_size is None else image_size, seed)
     if not square:
         shape = "images of mixed sizes" if stored is None else f"non-square images ({stored[0]}x{stored[1]})"
-        raise ValueError(f"--augment: {data.name} ({data.source}) has {shape}, which --augment {augment} cannot "
+        raise UserError("augment", f"--augment: {data.name} ({data.source}) has {shape}, which --augment {augment} cannot "
                          "crop; use --augment inception with --image-size")
     if image_size is not None and image_size != stored[0]:
-        raise ValueError(f"--image-size: {image_size} differs from the stored {stored[0]}x{stored[0]} images; only "
+        raise UserError("image_size", f"--image-size: {image_size} differs from the stored {stored[0]}x{stored[0]} images; only "
                          "--augment inception resizes")
     return Pipeline(augment, stored[0], seed)

@@ -25,6 +25,7 @@ import torch
 
 from tat_ext.datasets import fingerprint
 from tat_ext.datasets.core import ImageData, Split, standardized
+from tat_ext.errors import UserError
 
 __all__ = ["CIFAR", "cifar10", "cifar100"]
 
@@ -59,12 +60,12 @@ def _read_batch(path: str, layout: _Layout) -> Tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(entry[layout.label_key], dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError,
             IndexError) as error:
-        raise ValueError(f"{path} is not a readable {what} ({type(error).__name__}: {error})") from None
+        raise UserError("data_dir", f"{path} is not a readable {what} ({type(error).__name__}: {error})") from None
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise ValueError(f"{path} is not a {what}: expected data [N, 3072] and N labels, got "
+        raise UserError("data_dir", f"{path} is not a {what}: expected data [N, 3072] and N labels, got "
                          f"data {list(data.shape)} and {list(labels.shape)} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
-        raise ValueError(f"{path} has labels outside 0..{layout.num_classes - 1}")
+        raise UserError("data_dir", f"{path} has labels outside 0..{layout.num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels  # row-major 3072 = red, green, blue planes of 32x32
 
 
@@ -96,7 +97,7 @@ def _download(data_dir: str, layout: _Layout) -> None:
 
     parent = data_dir if os.path.isdir(data_dir) else os.path.dirname(os.path.abspath(data_dir))
     if not os.path.isdir(parent):
-        raise ValueError(f"--download: neither {data_dir} nor its parent folder exists")
+        raise UserError("download", f"--download: neither {data_dir} nor its parent folder exists")
     work = tempfile.mkdtemp(prefix=".tat-ext-download-", dir=parent)
     try:
         getattr(torchvision.datasets, layout.torchvision_class)(work, download=True)
@@ -104,7 +105,7 @@ def _download(data_dir: str, layout: _Layout) -> None:
         os.replace(os.path.join(work, layout.folder), os.path.join(data_dir, layout.folder))
     except Exception as error:  # network, DNS, proxy, checksum: all end the same way
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"--download: could not fetch {layout.name} into {data_dir} ({detail}); "
+        raise UserError("download", f"--download: could not fetch {layout.name} into {data_dir} ({detail}); "
                          "download it elsewhere and pass its folder with --data-dir") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -112,17 +113,17 @@ def _download(data_dir: str, layout: _Layout) -> None:
 
 def _load(layout: _Layout, data_dir: str, download: bool) -> ImageData:
     if not isinstance(data_dir, (str, os.PathLike)):
-        raise ValueError(f"--data-dir: must be a folder path, got {data_dir!r}")
+        raise UserError("data_dir", f"--data-dir: must be a folder path, got {data_dir!r}")
     files = layout.train + (layout.test,)
     if download and not all(os.path.isfile(os.path.join(_batch_folder(data_dir, layout), n)) for n in files):
         _download(data_dir, layout)
     if not os.path.isdir(data_dir):
-        raise ValueError(f"--data-dir: {data_dir} is not a directory; pass the folder with {layout.name}'s "
+        raise UserError("data_dir", f"--data-dir: {data_dir} is not a directory; pass the folder with {layout.name}'s "
                          f"python batches ({', '.join(files)}) or its parent (--download fetches them)")
     root = _batch_folder(data_dir, layout)
     missing = [n for n in files if not os.path.isfile(os.path.join(root, n))]
     if missing:
-        raise ValueError(f"--data-dir: {layout.name} batch file(s) missing in {root}: {', '.join(missing)} "
+        raise UserError("data_dir", f"--data-dir: {layout.name} batch file(s) missing in {root}: {', '.join(missing)} "
                          f"(expected the python version: {', '.join(files)})")
     parts = [_read_batch(os.path.join(root, n), layout) for n in layout.train]
     test_x, test_y = _read_batch(os.path.join(root, layout.test), layout)

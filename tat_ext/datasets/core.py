@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from tat_ext.datasets.decode import decode
+from tat_ext.errors import UserError
 
 __all__ = ["ImageData", "Split", "channel_stats", "every_kth_per_class", "standardized", "validation_split"]
 
@@ -95,7 +96,7 @@ class ImageData:
         for the side a model sees after augmentation."""
         size = self.stored_size
         if size is None or size[0] != size[1]:
-            raise ValueError(f"{self.name} ({self.source}) has images of mixed or non-square sizes; "
+            raise UserError("image_size", f"{self.name} ({self.source}) has images of mixed or non-square sizes; "
                              "choose a side with --image-size and --augment inception")
         return size[0]
 

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tat_ext.errors import UserError
+
 __all__ = ["decode"]
 
 
@@ -20,7 +22,7 @@ def decode(path: str, channels: int) -> Tensor:
         with Image.open(path) as image:
             pixels = np.array(image.convert("L" if channels == 1 else "RGB"))
     except Exception as error:  # Pillow raises many types for damaged files
-        raise ValueError(f"--data-dir: {path} is not a readable image ({type(error).__name__}: "
+        raise UserError("data_dir", f"--data-dir: {path} is not a readable image ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))

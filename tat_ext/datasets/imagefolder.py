@@ -26,6 +26,7 @@ import torch
 
 from tat_ext.datasets import fingerprint
 from tat_ext.datasets.core import ImageData, Split, standardized
+from tat_ext.errors import UserError
 
 __all__ = ["EVAL_FOLDERS", "imagefolder"]
 
@@ -40,18 +41,18 @@ def _samples(folder: str, class_to_idx: Optional[dict]) -> Tuple[List[Tuple[str,
     try:
         classes, found = find_classes(folder)
     except FileNotFoundError:
-        raise ValueError(f"--data-dir: {folder} holds no class folders (expected {folder}/<class>/<image>)") from None
+        raise UserError("data_dir", f"--data-dir: {folder} holds no class folders (expected {folder}/<class>/<image>)") from None
     if class_to_idx is not None:
         extra = sorted(set(classes) - set(class_to_idx))
         if extra:
-            raise ValueError(f"--data-dir: {folder} has classes that train/ lacks: {', '.join(extra[:5])}")
+            raise UserError("data_dir", f"--data-dir: {folder} has classes that train/ lacks: {', '.join(extra[:5])}")
         found = class_to_idx
     try:
         samples = make_dataset(folder, found, extensions=IMG_EXTENSIONS, allow_empty=class_to_idx is not None)
     except FileNotFoundError as error:  # a class folder without images
-        raise ValueError(f"--data-dir: {folder}: {str(error).splitlines()[0]}") from None
+        raise UserError("data_dir", f"--data-dir: {folder}: {str(error).splitlines()[0]}") from None
     if not samples:
-        raise ValueError(f"--data-dir: {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        raise UserError("data_dir", f"--data-dir: {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
     return samples, found
 
 
@@ -68,7 +69,7 @@ def _scan(paths: List[str]) -> Tuple[set, set]:
                 sizes.add((image.height, image.width))
                 modes.add(image.mode)
         except Exception as error:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
-            raise ValueError(f"--data-dir: {path} is not a readable image ({type(error).__name__})") from None
+            raise UserError("data_dir", f"--data-dir: {path} is not a readable image ({type(error).__name__})") from None
     return sizes, modes
 
 
@@ -80,15 +81,15 @@ def imagefolder(data_dir: str) -> ImageData:
             (each named), or no ``val/``/``test/`` folder.
     """
     if not isinstance(data_dir, (str, os.PathLike)) or not os.path.isdir(data_dir):
-        raise ValueError(f"--data-dir: {data_dir} is not a directory (expected DIR/train/<class>/<image> "
+        raise UserError("data_dir", f"--data-dir: {data_dir} is not a directory (expected DIR/train/<class>/<image> "
                          "and DIR/val/<class>/<image>)")
     train_dir = os.path.join(data_dir, "train")
     if not os.path.isdir(train_dir):
-        raise ValueError(f"--data-dir: {data_dir} has no train/ folder (expected DIR/train/<class>/<image>)")
+        raise UserError("data_dir", f"--data-dir: {data_dir} has no train/ folder (expected DIR/train/<class>/<image>)")
     eval_dir = next((os.path.join(data_dir, n) for n in EVAL_FOLDERS if os.path.isdir(os.path.join(data_dir, n))),
                     None)
     if eval_dir is None:
-        raise ValueError(f"--data-dir: {data_dir} has neither val/ nor test/ (the evaluation split)")
+        raise UserError("data_dir", f"--data-dir: {data_dir} has neither val/ nor test/ (the evaluation split)")
     train_samples, class_to_idx = _samples(train_dir, None)
     eval_samples, _ = _samples(eval_dir, class_to_idx)
     paths = [p for p, _ in train_samples + eval_samples]

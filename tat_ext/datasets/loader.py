@@ -11,7 +11,7 @@ any number of workers and after any resume. The workers persist across passes (s
 processes costs more than a small epoch); on CUDA the batches are pinned.
 
 A file that cannot be decoded in a worker comes back as a marker, and :func:`batches` raises a
-one-line ValueError naming it (a DataLoader would wrap it in a multi-line traceback).
+one-line UserError naming it (a DataLoader would wrap it in a multi-line traceback).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tat_ext.datasets.augment import Pipeline, example_seed
 from tat_ext.datasets.core import Split
+from tat_ext.errors import UserError
 
 __all__ = ["BatchPlan", "batches", "make_loader"]
 
@@ -92,9 +93,9 @@ def batches(loader: DataLoader) -> Iterator[Tuple[Tensor, Tensor]]:
     """The batches of one pass over ``loader``.
 
     Raises:
-        ValueError: an image file of the pass could not be decoded (named).
+        UserError: an image file of the pass could not be decoded (named).
     """
     for batch in loader:
         if isinstance(batch[0], str):
-            raise ValueError(batch[1])
+            raise UserError("data_dir", batch[1])
         yield batch

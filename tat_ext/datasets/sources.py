@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from tat_ext.datasets.core import ImageData
+from tat_ext.errors import UserError
 
 __all__ = ["DATASETS", "LOCATION", "load"]
 
@@ -25,19 +26,19 @@ def load(name: str, data_dir: Optional[str] = None, *, data_path: Optional[str] 
             (each names the flag or the file).
     """
     if name not in DATASETS:
-        raise ValueError(f"--data: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+        raise UserError("data", f"--data: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     needs = LOCATION[name]
     given = {"data_dir": data_dir, "data_path": data_path}
     for key, value in given.items():
         flag = "--" + key.replace("_", "-")
         if key == needs and value is None:
             what = "file" if key == "data_path" else "folder"
-            raise ValueError(f"{flag}: --data {name} needs the {what} of its data")
+            raise UserError(key, f"{flag}: --data {name} needs the {what} of its data")
         if key != needs and value is not None:
             users = [n for n, k in LOCATION.items() if k == key]
-            raise ValueError(f"{flag}: applies to --data {'/'.join(users)} only, not {name}")
+            raise UserError(key, f"{flag}: applies to --data {'/'.join(users)} only, not {name}")
     if download and name not in ("cifar10", "cifar100"):
-        raise ValueError(f"--download: applies to --data cifar10/cifar100 only, not {name}")
+        raise UserError("download", f"--download: applies to --data cifar10/cifar100 only, not {name}")
     if name == "digits":
         from tat_ext.datasets.digits import digits
 
