@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from tat_ext.datasets import ImageData
+from tat_ext.datasets.core import ImageData
 from tat_ext.models.common import StagePlan
 from tat_ext.models.registry import ModelRequest, get_model_spec
 from tat_ext.train.config import TrainConfig

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from tat_ext import _validate
-from tat_ext.datasets import DATASETS
 from tat_ext.datasets.augment import AUGMENTS
-from tat_ext.datasets.sources import LOCATION
+from tat_ext.datasets.sources import DATASETS, LOCATION
 from tat_ext.errors import RunError, UserError, to_flag
 from tat_ext.models.registry import get_model_spec, model_names
 from tat_ext.utils.parsing import comma_list
