@@ -27,6 +27,7 @@ import torch
 from tat_ext.datasets import fingerprint
 from tat_ext.datasets.core import ImageData, Split, standardized
 from tat_ext.errors import UserError
+from tat_ext.utils.progress import progress_bar
 
 __all__ = ["EVAL_FOLDERS", "imagefolder"]
 
@@ -59,11 +60,10 @@ def _samples(folder: str, class_to_idx: Optional[dict]) -> Tuple[List[Tuple[str,
 def _scan(paths: List[str]) -> Tuple[set, set]:
     """The set of (height, width) and of Pillow modes of ``paths`` (headers only)."""
     from PIL import Image
-    from tqdm import tqdm
 
     sizes, modes = set(), set()
-    for path in tqdm(paths, desc="reading image headers", unit="file", leave=False,
-                     disable=len(paths) < _SCAN_PROGRESS_FROM):
+    for path in progress_bar(paths, total=len(paths), desc="reading image headers", unit="file",
+                             disable=len(paths) < _SCAN_PROGRESS_FROM):
         try:
             with Image.open(path) as image:
                 sizes.add((image.height, image.width))
