@@ -4,6 +4,12 @@
 #   TAT_EXT_CUDA   auto (default: CUDA kernels when torch is a CUDA build and nvcc exists) | 1 | 0
 #   PYTHON         interpreter for the venv (default: python3)
 #   TAT_EXT_VENV   venv path (default: ./.venv)
+#   TAT_EXT_TORCH_INDEX_URL
+#                  package index for torch and torchvision (default: unset = the normal index, whose
+#                  Linux torch wheels bring several GB of CUDA libraries). A CPU-only machine can
+#                  use https://download.pytorch.org/whl/cpu; a given CUDA version .../whl/cu130.
+#                  Both are installed from it first, at the versions requirements.txt asks for
+#                  (a venv that already holds a fitting torch keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +21,12 @@ fi
 py="$venv/bin/python"
 # A new venv's pip (23.x) cannot do editable builds without isolation against current setuptools.
 "$py" -m pip install -q --disable-pip-version-check -U pip
+if [ -n "${TAT_EXT_TORCH_INDEX_URL:-}" ]; then
+  echo "== installing torch and torchvision from $TAT_EXT_TORCH_INDEX_URL"
+  # The versions requirements.txt asks for (its torch and torchvision lines, as written there).
+  mapfile -t torch_reqs < <(grep -E '^torch(vision)?[ =<>~!]' requirements.txt | sed 's/[[:space:]]*#.*//')
+  "$py" -m pip install -q --disable-pip-version-check --index-url "$TAT_EXT_TORCH_INDEX_URL" "${torch_reqs[@]}"
+fi
 echo "== installing dependencies"
 "$py" -m pip install -q --disable-pip-version-check -r requirements.txt
 

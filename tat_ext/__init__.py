@@ -10,7 +10,8 @@ Public entry points:
     tat_ext.auto                  automatic TAT for any model: derive its structure, tailor it
     tat_ext.init, data            orthogonal (delta) initialization, per-location normalization
     tat_ext.diagnostics           checks of the kernel theory (and of the initialization) on a model
-    tat_ext.models, datasets      vanilla TAT ResNets/MLPs and baselines; digits, CIFAR-10, synthetic
+    tat_ext.models, datasets      vanilla TAT ResNets/MLPs and baselines; data sources (digits, CIFAR-10/100,
+                                  image folders, npz, synthetic), augmentation, the batch loader
     tat_ext.train                 tat-ext train / compare: the training run, checkpoints, torchrun
     tat_ext.tools                 tat-ext verify / bench / profile
 

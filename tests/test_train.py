@@ -24,8 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small vanilla TAT MLP on the digits: 13 nonlinear layers is the least that reaches eta = 0.9.
 TINY = ["--model", "vanilla_mlp", "--depth", "13", "--width", "16", "--seed", "3"]
-# Many short steps, so that a kill lands mid-epoch.
-LONG = TINY + ["--batch-size", "32", "--epochs", "3", "--lr", "3e-4"]
+# Many short steps, so that a kill lands mid-epoch; augmented in loader worker processes, which
+# must not change the exactness of a resume.
+LONG = TINY + ["--batch-size", "32", "--epochs", "3", "--lr", "3e-4", "--augment", "crop-flip", "--loader-workers", "1"]
 
 
 def _env():
@@ -110,8 +111,9 @@ def _start_mid_epoch_wait(out, proc, fraction=0.5):
 
 
 def test_resume_after_sigkill_or_ctrl_c_is_bitwise(tmp_path):
-    """An uninterrupted run; one killed with SIGKILL mid-epoch; one stopped with Ctrl-C mid-epoch.
-    Both interrupted runs, resumed, end with bitwise the uninterrupted weights."""
+    """An uninterrupted run; one killed with SIGKILL mid-epoch; one stopped with Ctrl-C mid-epoch
+    (all with augmentation in a loader worker). Both interrupted runs, resumed, end with bitwise
+    the uninterrupted weights."""
     whole, killed, stopped = (str(tmp_path / n) for n in ("whole", "killed", "stopped"))
     reference = _cli(LONG + ["--out", whole])
     proc = _cli(LONG + ["--out", killed])
@@ -177,7 +179,9 @@ def test_atomic_write_survives_sigkill_mid_write(tmp_path):
 
 
 def test_torchrun_two_cpu_processes_match_one(tmp_path):
-    args = TINY + ["--batch-size", "32", "--epochs", "2", "--device", "cpu"]
+    """Also with augmentation in loader worker processes (each example's randomness is its own)."""
+    args = TINY + ["--batch-size", "32", "--epochs", "2", "--device", "cpu", "--augment", "crop-flip",
+                   "--loader-workers", "1"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     proc = _cli(args + ["--out", one])
     ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -188,7 +192,8 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
     assert ddp.returncode == 0, err
     assert out.count("final test accuracy") == 1  # only rank 0 prints
     with open(os.path.join(two, "config.json")) as f:
-        assert json.load(f)["resolved"]["world_size"] == 2
+        resolved = json.load(f)["resolved"]
+    assert resolved["world_size"] == 2 and resolved["data"]["augment"] == "crop-flip"
     for a, b in zip(_rows(one), _rows(two)):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
@@ -252,7 +257,7 @@ def finished_run(tmp_path_factory):
     (["--shortcut-weight", "1.0"], "--shortcut-weight: must be >= 0 and < 1"),
     (["--warmup-epochs", "20"], "--warmup-epochs: must be below --epochs"),
     (["--data", "cifar10"], "--data-dir: --data cifar10 needs the folder"),
-    (["--data-dir", "/tmp"], "--data-dir: applies to --data cifar10 only"),
+    (["--data-dir", "/tmp"], "--data-dir: applies to --data cifar10/cifar100/imagefolder only"),
     (["--device", "tpu"], "--device"),
     (["--resume"], "--resume: needs --out"),
     (["--blocks", "1,1"], "--blocks: 1,1 (bottleneck) gives depth 8; pass --depth 8, not 50"),
@@ -274,7 +279,7 @@ def test_cuda_without_gpu(capsys):
 def test_missing_and_corrupt_data_dir(tmp_path, capsys):
     status, err = _run_main(["--data", "cifar10", "--data-dir", str(tmp_path / "none")], capsys)
     assert status == 2 and "is not a directory" in err and err.count("\n") == 1
-    from test_datasets import make_fake_cifar
+    from fake_data import make_fake_cifar
 
     make_fake_cifar(tmp_path)
     (tmp_path / "data_batch_2").write_bytes(b"not a pickle")

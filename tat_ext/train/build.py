@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from tat_ext.datasets import ImageData
+from tat_ext.datasets.core import ImageData
 from tat_ext.models.common import StagePlan
 from tat_ext.models.registry import ModelRequest, get_model_spec
 from tat_ext.train.config import TrainConfig
@@ -18,20 +18,26 @@ __all__ = ["WarmupCosine", "build_model", "build_optimizer", "build_schedule"]
 _SMALL_INPUT_MAX = 64
 
 
-def build_model(config: TrainConfig, data: ImageData) -> Tuple[nn.Module, Dict[str, Any]]:
+def build_model(config: TrainConfig, data: ImageData,
+                image_size: Optional[int] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """The model for ``config`` (resolved) and ``data`` (built by its registered
     :class:`~tat_ext.models.registry.ModelSpec`), and what it resolved to (for config.json).
+
+    Classes and channels come from ``data``; ``image_size`` is the side the model sees (default:
+    the stored images'). The stem follows ``config.stem``, else the side: the small-input stem and
+    flatten head up to 64x64, the ImageNet stem and mean-pool head above.
 
     Raises:
         ValueError: the model builder's message (unsupported depth, unreachable eta, ...); a
             :class:`~tat_ext.errors.UserError` names the builder's argument.
     """
-    small = data.image_size <= _SMALL_INPUT_MAX
+    side = data.image_size if image_size is None else image_size
+    small = side <= _SMALL_INPUT_MAX if config.stem is None else config.stem == "small"
     spec = get_model_spec(config.model)
     model = spec.builder(ModelRequest(
         depth=config.depth, width=config.width, activation=config.activation, eta=config.eta,
         shortcut_weight=config.shortcut_weight, blocks=config.blocks, num_classes=data.num_classes,
-        in_channels=data.in_channels, image_size=data.image_size, small_input=small))
+        in_channels=data.in_channels, image_size=side, small_input=small))
     resolved: Dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "small_input": small if isinstance(getattr(model, "plan", None), StagePlan) else None,

@@ -4,7 +4,8 @@
 
 - ``"format"``: ``"tat_ext.train/1"``;
 - ``"config"``: the run's resolved settings (:meth:`TrainConfig.as_dict`) and ``"resolved"``:
-  what they resolved to (the activation's solved slope/scale, parameter count, ...);
+  what they resolved to (the activation's solved slope/scale, parameter count, the data's name,
+  source and fingerprint under ``"data"``, ...);
 - ``"model"``: the model's ``state_dict`` (of the plain module: no DDP/compile prefixes);
 - ``"optimizer"``, ``"scheduler"``: their ``state_dict``s;
 - ``"rng"``: ``"torch"`` (and ``"cuda"``) generator states, ``"numpy"``, ``"python"``, and
@@ -30,7 +31,7 @@ from tat_ext.utils.files import atomic_write, ensure_writable_dir, remove_stale_
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "CURVES", "FORMAT", "METRICS", "RUN_FILES",
-    "capture_rng", "load_checkpoint", "prepare_run_dir", "restore_rng", "save_checkpoint", "write_config",
+    "capture_rng", "check_same_data", "load_checkpoint", "prepare_run_dir", "restore_rng", "save_checkpoint", "write_config",
 ]
 
 FORMAT = "tat_ext.train/1"
@@ -138,12 +139,26 @@ def _check_same_model(saved_resolved: Any, config: TrainConfig, where: str) -> N
             raise TrainError("--model", f"{error.detail} (the run in {where})") from None
 
 
-def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
+def check_same_data(saved: Optional[Dict[str, Any]], data: Optional[Dict[str, Any]], where: str) -> None:
+    """Raise TrainError when the saved run's data (``resolved["data"]``) has another fingerprint
+    than ``data``'s. The location may differ (a moved folder); runs saved before data had
+    fingerprints are not checked."""
+    if not saved or not data or "fingerprint" not in saved:
+        return
+    if saved["fingerprint"] != data["fingerprint"]:
+        raise TrainError("--resume", f"the run in {where} was trained on {saved.get('name')} from "
+                                     f"{saved.get('source')} ({saved['fingerprint']}), but {data['name']} from "
+                                     f"{data['source']} is {data['fingerprint']}: other data. Pass the same data, "
+                                     "or another --out")
+
+
+def prepare_run_dir(config: TrainConfig, data: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
     """Check ``config.out`` before anything is written; returns the checkpoint to resume, if any.
 
     Without --resume, ``out`` must not hold a run (any of its files). With --resume it must hold
-    this run: a checkpoint with the same settings, or — when the first process died before its
-    first checkpoint — a config.json with the same settings (then training starts over).
+    this run: a checkpoint with the same settings and data (``data``: name, source, fingerprint;
+    see :func:`check_same_data`), or — when the first process died before its first checkpoint —
+    a config.json with the same (then training starts over).
 
     Raises:
         TrainError: see above, or an unreadable checkpoint/config; nothing is changed on disk then.
@@ -165,6 +180,7 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
         ckpt = load_checkpoint(checkpoint_path)
         check_same_run(ckpt["config"], config, checkpoint_path)
         _check_same_model(ckpt.get("resolved"), config, checkpoint_path)
+        check_same_data((ckpt.get("resolved") or {}).get("data"), data, checkpoint_path)
         if config.schedule == "constant" and ckpt["epoch"] > config.epochs:
             raise TrainError("--epochs", f"the run in {out} already completed {ckpt['epoch']} epochs, "
                              f"more than --epochs {config.epochs}")
@@ -173,14 +189,15 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
         config_path = os.path.join(out, CONFIG)
         try:
             with open(config_path) as f:
-                saved_file = json.load(f)
-            saved = saved_file["config"]
-            if not isinstance(saved, dict):
+                document = json.load(f)
+            saved, saved_data = document["config"], (document.get("resolved") or {}).get("data")
+            if not isinstance(saved, dict) or not isinstance(saved_data, (dict, type(None))):
                 raise TypeError("config is not an object")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise TrainError("--resume", f"{out} has no {CHECKPOINT} and its {CONFIG} is unreadable "
                              f"({type(error).__name__}); nothing to resume") from None
         check_same_run(saved, config, config_path)
-        _check_same_model(saved_file.get("resolved"), config, config_path)
+        _check_same_model(document.get("resolved"), config, config_path)
+        check_same_data(saved_data, data, config_path)
     remove_stale_temporaries(out, RUN_FILES)
     return ckpt

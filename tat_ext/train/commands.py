@@ -19,7 +19,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser(
         "train", help="train a model (progress, metrics, plots, checkpoints, --resume; torchrun-aware)",
-        description="Train a model on the embedded digits, CIFAR-10 or synthetic data. Under "
+        description="Train a model on the embedded digits, CIFAR-10/100, an image folder, arrays in an .npz or "
+                    "synthetic data (README: 'Train on your own data'). Under "
                     "`torchrun --nproc_per_node=N -m tat_ext train ...` it trains with DistributedDataParallel.")
     add_arguments(train)
     train.set_defaults(handler=_run_train, parser=train)
@@ -77,7 +78,7 @@ def add_sweep(commands: argparse._SubParsersAction) -> None:
                         f"rounded down (default {sweep_module.DEFAULT_ETA})")
     add_arguments(sweep, defaults=sweep_module.SWEEP_DEFAULTS,
                   exclude=("model", "depth", "blocks", "activation", "eta", "shortcut_weight", "lr", "seed",
-                           "out", "resume", "compile"))
+                           "out", "resume", "compile", "loader_workers"))  # its runs are worker processes
     g = sweep.add_argument_group("sweep execution")
     g.add_argument("--workers", type=int, help="parallel worker processes (default: CPU cores / --threads); "
                                                "the results do not depend on it")

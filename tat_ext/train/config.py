@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from tat_ext import _validate
-from tat_ext.datasets import DATASETS
+from tat_ext.datasets.augment import AUGMENTS
+from tat_ext.datasets.sources import DATASETS, LOCATION
 from tat_ext.errors import RunError, UserError, to_flag
 from tat_ext.models.registry import get_model_spec, model_names
 from tat_ext.utils.parsing import comma_list
@@ -20,6 +21,7 @@ __all__ = ["OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
+STEMS = ("small", "imagenet")
 
 # Defaults that train the embedded digits (measured; README "Choosing the training settings").
 _DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3}
@@ -112,9 +114,29 @@ class TrainConfig:
     shortcut_weight: float = _setting("--shortcut-weight", 0.0, "model",
                                       "vanilla_resnet: 0 = no shortcuts (default); w in (0, 1) = rescaled ResNet",
                                       type=float)
-    data: str = _setting("--data", "digits", "data", "dataset (digits ships with scikit-learn)", choices=DATASETS)
+    stem: Optional[str] = _setting("--stem", None, "model",
+                                   "resnets: small (3x3 conv, no pool, flatten head) or imagenet (7x7/2 conv, pool, "
+                                   "mean-pool head); default small for images up to 64x64", choices=STEMS)
+    data: str = _setting("--data", "digits", "data",
+                         "digits (ships with scikit-learn), cifar10, cifar100, imagefolder (--data-dir), npz "
+                         "(--data-path), synthetic; README 'Train on your own data'", choices=DATASETS)
     data_dir: Optional[str] = _setting("--data-dir", None, "data",
-                                       "cifar10: folder with data_batch_1..5 and test_batch (never downloaded)")
+                                       "cifar10/cifar100: the folder with the python batches or its parent; "
+                                       "imagefolder: the folder with train/<class>/ and val/<class>/ (or test/)")
+    data_path: Optional[str] = _setting("--data-path", None, "data",
+                                        "npz: the file with x_train, y_train, x_test, y_test")
+    download: bool = _setting("--download", False, "data", "cifar10/cifar100: fetch the archive into --data-dir "
+                                                           "through torchvision if it is not there",
+                              action="store_true")
+    augment: Optional[str] = _setting("--augment", None, "data",
+                                      "none, crop-flip (pad S/8, random crop, flip) or inception (random resized crop "
+                                      "to --image-size, flip; resize + center crop for evaluation); default: "
+                                      "crop-flip for cifar, inception for imagefolder, none otherwise",
+                                      choices=AUGMENTS)
+    image_size: Optional[int] = _setting("--image-size", None, "data", "side of the model's input (default: the "
+                                         "images' own; another side needs --augment inception)", type=int)
+    loader_workers: int = _setting("--loader-workers", 0, "data", "processes that read and augment batches "
+                                                                 "(default 0: the training process)", type=int)
     optimizer: str = _setting("--optimizer", "adam", "optimization",
                               "adam (AdamW: decoupled weight decay) or sgd (Nesterov momentum 0.9)",
                               choices=OPTIMIZERS)
@@ -176,7 +198,7 @@ class TrainConfig:
         for name, options in (("data", DATASETS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             _validate.one_of(flag_of(name), getattr(self, name), options)
         for name, low in (("depth", 1), ("width", 1), ("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1),
-                          ("seed", 0)):
+                          ("seed", 0), ("image_size", 1), ("loader_workers", 0)):
             if getattr(self, name) is not None:
                 _validate.integer(flag_of(name), getattr(self, name), ge=low)
         if self.blocks is not None:
@@ -200,11 +222,18 @@ class TrainConfig:
             fail("activation", f"--model {self.model} takes {', '.join(spec.activations)}, not {self.activation}"
                                + ("; the resnet baseline uses ReLU with BatchNorm, other activations are for the "
                                   "vanilla models" if spec.batch_norm else ""))
-        if self.data_dir is not None and self.data != "cifar10":
-            fail("data_dir", f"applies to --data cifar10 only, not {self.data}")
-        if self.data == "cifar10" and self.data_dir is None:
-            fail("data_dir", "--data cifar10 needs the folder with its python batches")
-        for name in ("amp", "channels_last", "compile", "resume"):
+        for name in ("data_dir", "data_path"):
+            users = "/".join(n for n, k in LOCATION.items() if k == name)
+            if getattr(self, name) is not None and LOCATION[self.data] != name:
+                fail(name, f"applies to --data {users} only, not {self.data}")
+            if getattr(self, name) is None and LOCATION[self.data] == name:
+                fail(name, f"--data {self.data} needs the {'file' if name == 'data_path' else 'folder'} of its data")
+        if self.download and self.data not in ("cifar10", "cifar100"):
+            fail("download", f"applies to --data cifar10/cifar100 only, not {self.data}")
+        for name, options in (("augment", AUGMENTS), ("stem", STEMS)):
+            if getattr(self, name) is not None:
+                _validate.one_of(flag_of(name), getattr(self, name), options)
+        for name in ("amp", "channels_last", "compile", "resume", "download"):
             _validate.boolean(flag_of(name), getattr(self, name))
         if self.resume and self.out is None:
             fail("resume", "needs --out (the directory of the run to continue)")
@@ -232,9 +261,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Settings that may differ between a run and its --resume: where it runs and how far it goes.
+# Settings that may differ between a run and its --resume: where it runs and how far it goes, and
+# where the data lies (the data itself must keep its fingerprint: checkpoint.check_same_data).
 # --epochs may grow only with the constant schedule (a cosine schedule's shape depends on it).
-RESUMABLE_CHANGES = ("device", "compile", "out", "resume")
+RESUMABLE_CHANGES = ("device", "compile", "out", "resume", "data_dir", "data_path", "download", "loader_workers")
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 

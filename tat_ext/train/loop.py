@@ -1,9 +1,11 @@
 """One training run: :func:`train` (what ``tat-ext train`` calls; usable in-process, e.g. by a sweep).
 
 Reproducibility: the model is initialized from ``--seed``; each epoch's data order is drawn from a
-dedicated generator; the checkpoint stores every generator, the optimizer and schedule, and the
-position in the epoch. Resuming replays exactly the computation the interrupted run would have
-done, so on CPU the final weights are bitwise those of an uninterrupted run.
+dedicated generator, and each example's augmentation from (seed, epoch, example) alone
+(:mod:`tat_ext.datasets.augment`), whatever ``--loader-workers``; the checkpoint stores every
+generator, the optimizer and schedule, and the position in the epoch. Resuming replays exactly the
+computation the interrupted run would have done, so on CPU the final weights are bitwise those of
+an uninterrupted run.
 
 Ctrl-C (SIGINT) or SIGTERM: the step in progress finishes, the state after it is saved (epoch,
 batch within it, the epoch's running sums) and the run returns with ``interrupted=True`` (the CLI
@@ -27,6 +29,8 @@ from torch import nn
 
 from tat_ext import datasets
 from tat_ext.errors import RunError, UserError
+from tat_ext.datasets.augment import Pipeline, resolve_pipeline
+from tat_ext.datasets.loader import BatchPlan, batches, make_loader
 from tat_ext.train import checkpoint as ckpt_io
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.train.config import Diverged, TrainConfig, TrainError, as_train_error, flag_of
@@ -119,18 +123,30 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: datasets.ImageData, split: datasets.Split, *, config: TrainConfig,
-             device: torch.device = torch.device("cpu"), index: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+             device: torch.device = torch.device("cpu"), index: Optional[torch.Tensor] = None,
+             pipeline: Optional[Pipeline] = None) -> Tuple[float, float]:
     """Summed loss (the training objective of ``config``) and number of correct predictions of
     ``model`` in eval mode on ``split[index]`` (default: the whole split), with ``config``'s
-    memory format and autocast."""
+    memory format, autocast and evaluation transform (``pipeline``: default ``config``'s)."""
+    if pipeline is None:
+        pipeline = resolve_pipeline(data, config.augment, config.image_size, config.seed)
+    plan = BatchPlan()
+    loader = make_loader(split, pipeline, train=False, workers=config.loader_workers, device=device, plan=plan)
+    return _evaluate_pass(model, data, split, loader, plan, config=config, device=device, index=index)
+
+
+@torch.no_grad()
+def _evaluate_pass(model: nn.Module, data: datasets.ImageData, split: datasets.Split, loader, plan: BatchPlan, *,
+                   config: TrainConfig, device: torch.device, index: Optional[torch.Tensor]) -> Tuple[float, float]:
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     index = torch.arange(len(split)) if index is None else index
-    for chunk in index.split(_EVAL_BATCH):
-        x, y = data.batch(split, chunk, device, config.channels_last)
+    plan.set((None, chunk) for chunk in index.split(_EVAL_BATCH))
+    for images, labels in batches(loader):
+        x = data.normalize(images, device, config.channels_last)
+        y = labels.to(device, non_blocking=True)
         with _autocast(config, device):
             logits = model(x)
         loss += F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum").double()
@@ -149,7 +165,7 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
         handle_signals: turn SIGINT/SIGTERM into "save and return" (main thread only).
         data: train and evaluate on this instead of loading ``config.data`` (in-process callers,
             e.g. a sweep that validates on :func:`tat_ext.datasets.validation_split`); the run's
-            files still name ``config.data``, so pass it with ``out=None`` unless they describe it.
+            files and header name it (its name, source and fingerprint).
 
     Returns:
         :class:`TrainResult`.
@@ -165,9 +181,8 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
     with as_train_error():  # the device
         procs = setup_processes(config.device)
     try:
-        with as_train_error():  # the data, the batch sampler, the run directory
-            run = _Run(config, procs, progress=progress, verbose=verbose, data=data)
-        return run.run(handle_signals)
+        with as_train_error():  # the data (also an image first decoded mid-run), the sampler, the run directory
+            return _Run(config, procs, progress=progress, verbose=verbose, data=data).run(handle_signals)
     finally:
         procs.close()
 
@@ -190,12 +205,10 @@ class _Run:
         self.progress, self.verbose = progress and procs.is_main, verbose and procs.is_main
         self.device = procs.device
         _seed_everything(config.seed)
+        self.data = self._load_data() if data is None else data
+        self.pipeline = resolve_pipeline(self.data, config.augment, config.image_size, config.seed)
         try:
-            self.data = datasets.load(config.data, config.data_dir) if data is None else data
-        except ValueError as error:
-            raise TrainError("--data-dir" if config.data_dir else "--data", f"{config.data}: {error}") from None
-        try:
-            model, self.resolved = build_model(config, self.data)
+            model, self.resolved = build_model(config, self.data, self.pipeline.image_size)
         except UserError as error:  # the builder's argument is a setting: name its flag
             flag = flag_of(error.argument)
             raise TrainError(flag or "--model", error.detail if flag else f"{config.model}: {error}") from None
@@ -205,8 +218,15 @@ class _Run:
         self.resolved.update(
             world_size=procs.world, device=str(self.device), torch=str(torch.__version__),
             train_examples=len(self.data.train), test_examples=len(self.data.test),
-            steps_per_epoch=len(self.sampler), image_size=self.data.image_size,
-            in_channels=self.data.in_channels, num_classes=self.data.num_classes)
+            steps_per_epoch=len(self.sampler), image_size=self.pipeline.image_size,
+            in_channels=self.data.in_channels, num_classes=self.data.num_classes,
+            data={"name": self.data.name, "source": self.data.source, "fingerprint": self.data.fingerprint,
+                  "augment": self.pipeline.augment, "image_size": self.pipeline.image_size})
+        self.plan, self.eval_plan = BatchPlan(), BatchPlan()
+        self.loader = make_loader(self.data.train, self.pipeline, train=True, workers=config.loader_workers,
+                                  device=self.device, plan=self.plan)
+        self.eval_loader = make_loader(self.data.test, self.pipeline, train=False, workers=config.loader_workers,
+                                       device=self.device, plan=self.eval_plan)
 
         checkpoint = self._prepare_out()
         self.core = model.to(self.device)
@@ -227,6 +247,26 @@ class _Run:
 
     # -- setup ------------------------------------------------------------------------------------
 
+    def _load_data(self) -> datasets.ImageData:
+        """``config``'s data; with --download the main process fetches it first, the others wait."""
+        config, procs = self.config, self.procs
+
+        def load(download: bool) -> datasets.ImageData:
+            return datasets.load(config.data, config.data_dir, data_path=config.data_path, download=download)
+
+        if not (config.download and procs.distributed):
+            return load(config.download)
+        data, failure = None, None
+        if procs.is_main:
+            try:
+                data = load(True)
+            except UserError as error:
+                failure = (error.argument, error.detail)
+        failure = procs.broadcast(failure)
+        if failure is not None:
+            raise TrainError(*failure)
+        return data if procs.is_main else load(False)
+
     def _prepare_out(self) -> Optional[Dict[str, Any]]:
         """Main process: check the run directory; every process gets the checkpoint or the error."""
         if self.config.out is None:
@@ -234,7 +274,7 @@ class _Run:
         message: Any = None
         if self.procs.is_main:
             try:
-                message = ("ok", ckpt_io.prepare_run_dir(self.config))
+                message = ("ok", ckpt_io.prepare_run_dir(self.config, self.resolved["data"]))
             except TrainError as error:
                 message = ("error", (error.argument, error.detail))
         kind, payload = self.procs.broadcast(message)
@@ -320,8 +360,10 @@ class _Run:
         bar = self._bar(steps)
         started = time.perf_counter()
         step = self.batch
-        for step, index in enumerate(self.sampler.epoch(self.order, start=self.batch), start=self.batch):
-            x, y = data.batch(data.train, index, self.device, config.channels_last)
+        self.plan.set((self.epoch, index) for index in self.sampler.epoch(self.order, start=self.batch))
+        for step, (images, labels) in enumerate(batches(self.loader), start=self.batch):
+            x = data.normalize(images, self.device, config.channels_last)
+            y = labels.to(self.device, non_blocking=True)
             with _autocast(config, self.device):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum")
@@ -365,7 +407,8 @@ class _Run:
         """Test loss (the training objective) and accuracy; each process takes a share."""
         data, procs = self.data, self.procs
         share = torch.arange(len(data.test))[procs.rank::procs.world]
-        loss, correct = evaluate(self.core, data, data.test, config=self.config, device=self.device, index=share)
+        loss, correct = _evaluate_pass(self.core, data, data.test, self.eval_loader, self.eval_plan,
+                                       config=self.config, device=self.device, index=share)
         loss_sum, correct_sum = procs.sum([loss, correct])
         n = len(data.test)
         return loss_sum / n, correct_sum / n
@@ -420,7 +463,7 @@ class _Run:
         slope = f", slope {act['slope']:.4f}" if "slope" in act else ""
         shape = "".join(f" {name} {value}" for name, value in (("depth", c.depth), ("width", c.width))
                         if value is not None)
-        return (f"{c.model}{shape}, {act.get('name')}{slope}; {c.data}; "
+        return (f"{c.model}{shape}, {act.get('name')}{slope}; {self.data.name}; "
                 f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}")
 
     def _print_header(self) -> None:
@@ -430,6 +473,10 @@ class _Run:
               f"{self.resolved['train_examples']} train / {self.resolved['test_examples']} test examples; "
               f"device {self.device}" + (f" x {self.procs.world} processes" if self.procs.distributed else ""),
               flush=True)
+        d, p = self.data, self.pipeline
+        print(f"data: {d.name} from {d.source} ({d.fingerprint})\n"
+              f"      {d.num_classes} classes, {d.in_channels} channel(s), image size {p.image_size}; augment {p.augment}; "
+              f"loader workers {self.config.loader_workers}", flush=True)
         if self.config.schedule == "cosine" and self.config.out is not None and not self.config.resume:
             print(f"note: the cosine schedule decays to 0 at epoch {self.config.epochs}, so this run's length is "
                   "fixed: --resume can finish it but not extend it (--schedule constant can be extended)", flush=True)

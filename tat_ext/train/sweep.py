@@ -86,9 +86,9 @@ _DATA: Dict[Tuple, Tuple[datasets.ImageData, datasets.ImageData]] = {}
 
 def _data(config: TrainConfig, every: int) -> Tuple[datasets.ImageData, datasets.ImageData]:
     """The full data (for its test split) and the fit/validation split, loaded once per process."""
-    key = (config.data, config.data_dir, every)
+    key = (config.data, config.data_dir, config.data_path, every)
     if key not in _DATA:
-        full = datasets.load(config.data, config.data_dir)
+        full = datasets.load(config.data, config.data_dir, data_path=config.data_path, download=config.download)
         _DATA[key] = (full, datasets.validation_split(full, every))
     return _DATA[key]
 
