@@ -20,6 +20,7 @@ import sys
 from typing import Optional, Sequence
 
 from tat_ext.errors import RunError, UserError
+from tat_ext.utils.devices import quiet_no_cuda_runtime_warning
 
 __all__ = ["build_parser", "main"]
 
@@ -65,6 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``tat-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status: 2 for a
     user mistake (one line on stderr naming the flag), 1 for a run that could not finish (one
     line: what happened), 130 when interrupted."""
+    quiet_no_cuda_runtime_warning()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -66,9 +66,12 @@ def _imports(module: str) -> List[Tuple[str, str, int]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             if base.split(".")[0] == "tat_ext":
                 found += [(base, a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "tat_ext":
+            found.append(("tat_ext", node.attr, node.lineno))  # `import tat_ext` ... `tat_ext.name`
     return found
 
 
@@ -160,7 +163,7 @@ def _name_problems() -> List[str]:
             if not name or f"{base}.{name}" in MODULES or f"{base}.{name}" in COMPILED:
                 continue  # a module, private or not
             where = f"{MODULES[module]}:{line}"
-            if name.startswith("_"):
+            if name.startswith("_") and not name.endswith("__"):  # dunders (__version__) are public
                 problems.append(f"{where}: imports the private name {name} of {base}")
             elif base in MODULES and name not in _defined_names(base):
                 problems.append(f"{where}: imports {name} from {base}, which does not define it")
@@ -174,6 +177,7 @@ def test_names_come_from_their_defining_module_and_are_public():
 @pytest.mark.parametrize("source, problem", [
     ("from tat_ext import trelu", "imports trelu from tat_ext, which does not define it"),
     ("from tat_ext.init import _CONV_TYPES", "imports the private name _CONV_TYPES of tat_ext.init"),
+    ("import tat_ext; tat_ext.trelu(x)", "imports trelu from tat_ext, which does not define it"),
 ])
 def test_the_name_rule_catches_planted_imports(tmp_path, monkeypatch, source, problem):
     planted = tmp_path / "planted.py"

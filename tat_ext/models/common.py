@@ -83,20 +83,24 @@ def stage_plan(depth: object, width: object, blocks: Union[Sequence[int], None] 
     width = _validate.integer("width", width, ge=1)
     if blocks is None:
         if isinstance(depth, bool) or depth not in _PLANS:
-            raise _validate.ArgumentValueError("depth", f"depth must be one of {', '.join(map(str, STANDARD_DEPTHS))} "
-                             f"(or pass blocks= for a custom plan), got {depth!r}")
+            raise _validate.ArgumentValueError(
+                "depth", f"depth must be one of {', '.join(map(str, STANDARD_DEPTHS))} (or pass blocks= for a custom "
+                         f"plan), got {depth!r}")
         plan_blocks, plan_bottleneck = _PLANS[depth]
         if bottleneck is not None and bottleneck != plan_bottleneck:
-            raise _validate.ArgumentValueError("depth", f"depth {depth} uses {'bottleneck' if plan_bottleneck else 'basic'} blocks; "
-                             "pass blocks= for another plan")
+            raise _validate.ArgumentValueError(
+                "depth", f"depth {depth} uses {'bottleneck' if plan_bottleneck else 'basic'} blocks; pass blocks= for "
+                         "another plan")
         return StagePlan(plan_blocks, plan_bottleneck, width)
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not 1 <= len(blocks) <= 4:
-        raise _validate.ArgumentValueError("blocks", f"blocks must be 1 to 4 blocks-per-stage counts, got {blocks!r}")
+        raise _validate.ArgumentValueError("blocks",
+                                           f"blocks must be 1 to 4 blocks-per-stage counts, got {blocks!r}")
     counts = tuple(_validate.integer(f"blocks[{i}]", b, ge=1) for i, b in enumerate(blocks))
     plan = StagePlan(counts, True if bottleneck is None else bool(bottleneck), width, _STAGE_STRIDES[: len(counts)])
     if depth is not None and depth != plan.depth:
-        raise _validate.ArgumentValueError("blocks", f"blocks={list(counts)} ({'bottleneck' if plan.bottleneck else 'basic'}) give "
-                         f"depth {plan.depth}, not {depth!r}; pass depth=None or the matching depth")
+        raise _validate.ArgumentValueError(
+            "blocks", f"blocks={list(counts)} ({'bottleneck' if plan.bottleneck else 'basic'}) give depth {plan.depth}, "
+                      f"not {depth!r}; pass depth=None or the matching depth")
     return plan
 
 

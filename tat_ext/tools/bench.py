@@ -55,6 +55,8 @@ from tat_ext.utils.progress import progress_bar
 __all__ = ["add_arguments", "main", "PRESETS"]
 
 ACTIVATION_VARIANTS = ("eager", "compile", "fused")
+# Marks a timing whose spread (half the interquartile range) exceeds its median: not to be trusted.
+NOISY_MARK = "*"
 MODEL_VARIANTS = ("eager", "compile", "fused", "fused-compile")
 PARTS = ("activation", "model", "overhead")
 OVERHEAD_SIZES = (256, 2048, 8192)  # elements: where a call's fixed cost dominates
@@ -354,9 +356,25 @@ def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str) 
     return record
 
 
+def _half_iqr(stats: dict) -> float:
+    return (stats["q3_ms"] - stats["q1_ms"]) / 2
+
+
 def _ms(stats: dict) -> str:
-    half_iqr = (stats["q3_ms"] - stats["q1_ms"]) / 2
-    return f"{stats['median_ms']:.3f}±{half_iqr:.3f}"
+    """median ± half IQR; marked with NOISY_MARK when the spread exceeds the median."""
+    return f"{stats['median_ms']:.3f}±{_half_iqr(stats):.3f}" + (NOISY_MARK if _noisy(stats) else "")
+
+
+def _noisy(stats: dict) -> bool:
+    return _half_iqr(stats) > stats["median_ms"]
+
+
+def _noisy_note(stats: List[dict]) -> str:
+    """The table's footnote when a timing is marked noisy (else nothing)."""
+    if not any(_noisy(s) for s in stats):
+        return ""
+    return (f"\n{NOISY_MARK} noisy: the spread (half the interquartile range) exceeds the median; rerun "
+            "with more --reps, fewer --threads, or on a quieter machine")
 
 
 def _ratio(value) -> str:
@@ -389,9 +407,10 @@ def activation_table(records: List[dict]) -> str:
                          _ratio(fused.get("gbs", {}).get(phase)),
                          _ratio(fused.get("pct_copy", {}).get(phase)), f"{r['copy']['gbs']:.1f}",
                          _ratio(vs_e), _ratio(vs_c)])
+    stats = [v[phase] for r in records for v in r["variants"].values() for phase in ("fwd", "fwdbwd")]
     return format_table(["form", "dtype", "layout", "elements", "pass", "eager ms", "compile ms",
                          "fused ms", "fused GB/s", "%copy", "copy GB/s", "x eager", "x compile"],
-                        rows, right=right[:13])
+                        rows, right=right[:13]) + _noisy_note(stats)
 
 
 def activation_memory_table(records: List[dict]) -> str:
@@ -433,9 +452,10 @@ def model_table(records: List[dict]) -> str:
                          _mib(v["peak_bytes"]), _mib(v["saved_bytes"]),
                          "-" if v["kernel_launches"] is None else str(v["kernel_launches"]),
                          f"{v['loss_first_step']:.4f}"])
+    stats = [v["step"] for r in records for v in r["variants"].values()]
     return format_table(["model", "dtype", "layout", "variant", "step ms", "x eager", "x compile",
                          "peak MiB", "saved MiB", "launches", "loss"], rows,
-                        right=[False] * 4 + [True] * 7)
+                        right=[False] * 4 + [True] * 7) + _noisy_note(stats)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ training):
 
 - ``leaky_relu``: ``F.leaky_relu(x, slope)`` alone, the cheapest built-in in the same place;
 - ``eager``: the composition tat_ext replaces, ``scale * F.leaky_relu(x + b, slope)``;
-- ``fused``: ``tat_ext.trelu(x, b, slope=..., scale=...)``;
+- ``fused``: ``ops.trelu(x, b, slope=..., scale=...)``;
 
 each as forward only and as forward + backward (``torch.autograd.grad`` of x and b). Calls run
 back to back in batches and are timed with a host clock; on CUDA the device is synchronized only
@@ -23,7 +23,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-import tat_ext
+from tat_ext import ops
 from tat_ext.tools.timing import synchronize
 
 VARIANTS = ("leaky_relu", "eager", "fused")
@@ -40,7 +40,7 @@ def _variants(x: torch.Tensor, b: torch.Tensor) -> Dict[str, Callable[[], torch.
     return {
         "leaky_relu": lambda: F.leaky_relu(x, SLOPE),
         "eager": lambda: SCALE * F.leaky_relu(x + b.view(shape), SLOPE),
-        "fused": lambda: tat_ext.trelu(x, b, slope=SLOPE, scale=SCALE),
+        "fused": lambda: ops.trelu(x, b, slope=SLOPE, scale=SCALE),
     }
 
 

@@ -27,6 +27,7 @@ from typing import Dict, List
 
 import torch
 
+from tat_ext import _validate
 from tat_ext.tools import workloads
 from tat_ext.tools.common import Report, UsageError, format_table, parse_dtype, require_extension, set_threads
 from tat_ext.tools.timing import available_bytes, is_gpu_kernel, quiet_stderr, synchronize
@@ -115,10 +116,8 @@ def _settings(args: argparse.Namespace):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     for key, value in (("--steps", args.steps), ("--top", args.top)):
-        if value < 1:
-            raise UsageError(key, f"must be >= 1, got {value}")
-    if args.warmup < 0:
-        raise UsageError("--warmup", f"must be >= 0, got {args.warmup}")
+        _validate.integer(key, value, ge=1)
+    _validate.integer("--warmup", args.warmup, ge=0)
     if args.layout not in workloads.LAYOUTS:
         raise UsageError("--layout", f"unknown layout {args.layout!r}; one of "
                                      f"{', '.join(workloads.LAYOUTS)}")

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from typing import Callable, List, Sequence
+from typing import Callable, Sequence
 
 from tat_ext.activations import ActivationParams, activation_names
+from tat_ext.errors import UserError
+from tat_ext.utils.parsing import comma_list, positive_int
 
 __all__ = ["add_arguments", "main"]
 
@@ -20,25 +22,9 @@ _DEFAULT_ZETA = 1.5
 _DEFAULT_Q_SLOPE = 1.0
 # C_f(0) of a smooth chain is its C map applied layer by layer (~1 ms per layer): printed up to here.
 _MAX_PRINTED_C0_DEPTH = 5_000
-# The solvers' ArgumentValueError.argument -> the option that sets it.
-_OPTION_OF = {"depth": "--depth", "eta": "--eta", "tau": "--tau", "zeta": "--zeta", "q_slope": "--q-slope"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of layers, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (number of nonlinear layers), got {value}")
-    return value
-
-
-def _depth_list(text: str) -> List[int]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of depths, e.g. 10,50,100")
-    return [_positive_int(p) for p in parts]
+# The solvers' arguments that an option sets (their UserError.flag names it).
+_SOLVER_OPTIONS = ("depth", "eta", "tau", "zeta", "q_slope")
+_depth_list = comma_list(int, lambda v: v >= 1, "numbers of nonlinear layers >= 1, e.g. 10,50,100")
 
 
 def _float(text: str) -> float:
@@ -62,7 +48,7 @@ def _bounded(low: float, high: float, what: str) -> Callable[[str], float]:
 
 def add_arguments(solve: argparse.ArgumentParser) -> None:
     where = solve.add_mutually_exclusive_group(required=True)
-    where.add_argument("--depth", type=_positive_int, help="number of nonlinear layers")
+    where.add_argument("--depth", type=positive_int, help="number of nonlinear layers")
     where.add_argument("--depths", type=_depth_list, help="comma-separated depths, printed as a table")
     solve.add_argument("--activation", default="leaky_relu", choices=activation_names(), metavar="NAME",
                        help=f"activation name (default leaky_relu); one of: {', '.join(activation_names())}")
@@ -104,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             result = solve(args.depth)
         except ValueError as error:
-            option = _OPTION_OF.get(getattr(error, "argument", None), "--depth" if trelu else "--activation")
+            known = isinstance(error, UserError) and error.argument in _SOLVER_OPTIONS
+            option = error.flag if known else "--depth" if trelu else "--activation"
             parser.error(f"argument {option}: {error}")
         if trelu:
             _print_trelu([args.depth], [result], eta)

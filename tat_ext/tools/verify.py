@@ -21,8 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-import tat_ext
-from tat_ext import _extension, reference
+from tat_ext import _extension, ops, reference
 from tat_ext.tools import cases
 from tat_ext.tools.common import UsageError, format_table
 from tat_ext.utils.devices import cuda_devices, resolve_device
@@ -200,8 +199,8 @@ def _check_run(rec: _Recorder, dev: str, inputs, inputs_cpu, params: dict, save:
     x_cpu, bias_cpu, grad_cpu = inputs_cpu
     dtype = _dtype_name(x.dtype)
     kw = dict(params, channel_dim=layout.channel_dim, save=save)
-    y, grads = cases.forward_backward(tat_ext.trelu, x, bias, grad, **kw)
-    y2, grads2 = cases.forward_backward(tat_ext.trelu, x, bias, grad, **kw)
+    y, grads = cases.forward_backward(ops.trelu, x, bias, grad, **kw)
+    y2, grads2 = cases.forward_backward(ops.trelu, x, bias, grad, **kw)
     y_ref, grads_ref = cases.forward_backward(reference.trelu, x_cpu, bias_cpu, grad_cpu, **kw)
     y_ref = inject("forward", y_ref)
 
@@ -250,7 +249,7 @@ def _check_low_precision(rec: _Recorder, dev: str, inputs, case_id: str,
     if x.numel() == 0:
         return
     p = dict(cases.LOW_PRECISION_PARAMS, channel_dim=layout.channel_dim)
-    y, (gx, *_) = cases.forward_backward(tat_ext.trelu, x, bias, grad, **p, save="mask")
+    y, (gx, *_) = cases.forward_backward(ops.trelu, x, bias, grad, **p, save="mask")
     y_e, (gx_e, *_) = cases.forward_backward(cases.eager_chain, x, bias, grad, **p)
     b64 = None if bias is None else bias.double()
     y64, (gx64, *_) = cases.forward_backward(cases.fp64_reference, x.double(), b64, grad.double(),
@@ -294,11 +293,11 @@ def _check_determinism_large(rec, device, layout, dtype, save, seed) -> None:
     x, bias, grad = _make(layout, dtype, "fp32", device, seed)
     kw = dict(slope=0.1, scale=1.2, channel_dim=layout.channel_dim, save=save)
     threads = torch.get_num_threads()
-    first = cases.forward_backward(tat_ext.trelu, x, bias, grad, **kw)
+    first = cases.forward_backward(ops.trelu, x, bias, grad, **kw)
     try:
         if device.type == "cpu" and threads > 1:
             torch.set_num_threads(1)  # the result must not depend on how work is split
-        second = cases.forward_backward(tat_ext.trelu, x, bias, grad, **kw)
+        second = cases.forward_backward(ops.trelu, x, bias, grad, **kw)
     finally:
         torch.set_num_threads(threads)
     _record_determinism(rec, str(device), _dtype_name(dtype),

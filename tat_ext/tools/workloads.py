@@ -12,6 +12,7 @@ Both are initialized with `tat_init_`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Callable, Dict, Optional, Tuple
 
@@ -19,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import tat_ext
+from tat_ext import _validate, ops
+from tat_ext.cmaps import trelu_chain_c_map
 from tat_ext.init import tat_init_
-from tat_ext.models.vanilla_resnet import vanilla_resnet
 from tat_ext.models.common import stage_plan
 from tat_ext.models.layers import EagerTReLU
+from tat_ext.models.vanilla_resnet import vanilla_resnet
 from tat_ext.nn import TATConv2d
 from tat_ext.tools.common import UsageError
 from tat_ext.transform import solve_trelu
@@ -81,7 +83,7 @@ def activation_variants(form: ActivationForm) -> Dict[str, Callable]:
             return form.scale * (F.leaky_relu(z, form.slope) + form.out_shift)
 
     def fused(x, bias):
-        return tat_ext.trelu(x, bias, slope=form.slope, scale=form.scale, in_shift=form.in_shift,
+        return ops.trelu(x, bias, slope=form.slope, scale=form.scale, in_shift=form.in_shift,
                              out_shift=form.out_shift)
 
     return {"eager": eager, "fused": fused}
@@ -114,8 +116,10 @@ class ModelSpec:
         """The TReLU (slope, scale) of a plain chain of `depth` nonlinear layers."""
         try:
             p = solve_trelu(self.depth, eta=_ETA)
-        except ValueError as error:
-            raise UsageError("--depth", str(error)) from None
+        except ValueError:  # the solver suggests a smaller eta, which these tools do not take
+            needed = next(n for n in itertools.count(self.depth) if trelu_chain_c_map(0.0, 0.0, n) >= _ETA)
+            raise UsageError("--depth", f"{self.depth} nonlinear layers cannot reach TAT's eta = {_ETA} (which the "
+                                        f"timed models use); pass --depth {needed} or more") from None
         return p.slope, p.scale
 
 
@@ -149,8 +153,7 @@ def model_spec(name: str, depth: int, width: int, resolution: int, batch: int) -
         raise UsageError("--model", f"unknown model {name!r}; one of {', '.join(MODELS)}")
     for argument, value in (("--depth", depth), ("--width", width), ("--resolution", resolution),
                             ("--batch", batch)):
-        if value < 1:
-            raise UsageError(argument, f"must be >= 1, got {value}")
+        _validate.integer(argument, value, ge=1)
     spec = ModelSpec(name, depth, width, resolution, batch)
     if name == "vanilla-resnet":
         try:

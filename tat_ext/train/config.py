@@ -4,9 +4,10 @@ and :func:`add_arguments` generates the parser from them, so a new setting is a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from tat_ext import _validate
 from tat_ext.datasets import DATASETS
@@ -14,7 +15,8 @@ from tat_ext.errors import RunError, UserError, to_flag
 from tat_ext.models.registry import get_model_spec, model_names
 from tat_ext.utils.parsing import comma_list
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments", "from_args"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments", "as_train_error",
+           "flag_of", "from_args"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -38,6 +40,23 @@ class TrainError(UserError):
         if flag and not message.startswith(flag):
             message = f"{flag}: {message}"
         super().__init__(argument, message)
+
+
+@contextlib.contextmanager
+def as_train_error(types: bool = False) -> Iterator[None]:
+    """Re-raise a UserError from the block (a helper's: a device, a path, a check) as TrainError,
+    the error ``train`` and the sweep document; with ``types``, also a TypeError (a setting of the
+    wrong type from a Python caller: the flags' types are always right)."""
+    try:
+        yield
+    except TrainError:
+        raise
+    except UserError as error:
+        raise TrainError(error.argument, error.detail) from None
+    except TypeError as error:
+        if not types:
+            raise
+        raise TrainError(None, str(error)) from None
 
 
 class Diverged(RunError):
@@ -137,12 +156,8 @@ class TrainConfig:
         )
 
     def _check(self) -> None:
-        try:
+        with as_train_error(types=True):
             self._check_values()
-        except UserError as error:
-            raise TrainError(error.argument, error.detail) from None
-        except TypeError as error:  # a wrong type from Python (the flags' types are always right)
-            raise TrainError(None, str(error)) from None
 
     def _check_values(self) -> None:
         """Raises UserError (or TypeError) naming the flag of the first bad setting."""
@@ -192,8 +207,12 @@ class TrainConfig:
 
     def _check_blocks(self, spec, fail) -> None:
         blocks = self.blocks
-        if (isinstance(blocks, (str, bytes)) or not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 4
-                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks)):
+        try:
+            if not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 4:
+                raise ValueError("not 1 to 4 values")
+            for count in blocks:
+                _validate.integer("--blocks", count, ge=1)
+        except (TypeError, ValueError):
             fail("blocks", f"must be 1 to 4 integers >= 1 (bottleneck blocks per stage), got {blocks!r}")
         if not spec.takes_blocks:
             fail("blocks", "applies to the resnet models only")

@@ -30,7 +30,7 @@ from tat_ext import datasets
 from tat_ext.train import checkpoint as ckpt_io
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.errors import RunError, UserError
-from tat_ext.train.config import Diverged, TrainConfig, TrainError, flag_of
+from tat_ext.train.config import Diverged, TrainConfig, TrainError, as_train_error, flag_of
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
 from tat_ext.utils.progress import progress_bar
@@ -164,17 +164,11 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
             checkpoint is kept.
     """
     config = config.resolved()
-    try:
+    with as_train_error():  # the device
         procs = setup_processes(config.device)
-    except UserError as error:
-        raise TrainError(error.argument, error.detail) from None
     try:
-        try:
+        with as_train_error():  # the data, the batch sampler, the run directory
             run = _Run(config, procs, progress=progress, verbose=verbose, data=data)
-        except TrainError:
-            raise
-        except UserError as error:  # from the data, the device or the batch sampler
-            raise TrainError(error.argument, error.detail) from None
         return run.run(handle_signals)
     finally:
         procs.close()
@@ -229,7 +223,8 @@ class _Run:
             self._restore(checkpoint)
         self.started_over = config.resume and checkpoint is None
         if config.out is not None and procs.is_main:  # only now: every check has passed
-            ckpt_io.write_config(config.out, config, self.resolved)
+            _write(config.out, ckpt_io.CONFIG,
+                   lambda path: ckpt_io.write_config(config.out, config, self.resolved))
         self.model = self._wrap(self.core)
 
     # -- setup ------------------------------------------------------------------------------------

@@ -48,8 +48,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from tat_ext import _validate, datasets
-from tat_ext.errors import RunError, UserError
-from tat_ext.train.config import Diverged, TrainConfig, TrainError
+from tat_ext.errors import RunError
+from tat_ext.train.config import Diverged, TrainConfig, TrainError, as_train_error
 from tat_ext.train.loop import evaluate, train
 from tat_ext.train.sweep_grid import RunSpec, SweepSettings, layers_of
 from tat_ext.train.sweep_report import write_report
@@ -287,10 +287,8 @@ def run_sweep(settings: SweepSettings, out: str, *, workers: Optional[int] = Non
     if settings.base.batch_size > len(fit.train):
         raise TrainError("--batch-size", f"{settings.base.batch_size} is larger than the training part "
                          f"({len(fit.train)} examples after holding out the validation part)")
-    try:
+    with as_train_error():
         ensure_writable_dir(out, "--out")
-    except UserError as error:
-        raise TrainError(error.argument, error.detail) from None
     remove_stale_temporaries(out, (_STATE, _TABLE, _PLOT))
     specs = settings.runs()
     todo = [(s, settings.config(s), settings.validation_every) for s in specs

@@ -14,7 +14,7 @@ from tat_ext import _validate
 from tat_ext.errors import UserError
 from tat_ext.models.common import STANDARD_DEPTHS, stage_plan
 from tat_ext.models.registry import get_model_spec
-from tat_ext.train.config import TrainConfig, TrainError
+from tat_ext.train.config import TrainConfig, as_train_error
 
 __all__ = ["DEFAULT_DEPTHS", "DEFAULT_ETA", "DEFAULT_LRS", "DEFAULT_METHODS", "DEFAULT_SEEDS", "METHODS",
            "SWEEP_DEFAULTS", "VALIDATION_EVERY", "Method", "RunSpec", "SweepSettings", "depth_plan", "layers_of",
@@ -113,12 +113,8 @@ class SweepSettings:
 
     def check(self) -> None:
         """Raises TrainError naming the option of the first bad setting."""
-        try:
+        with as_train_error(types=True):
             self._check_grid()
-        except UserError as error:
-            raise TrainError(error.argument, error.detail) from None
-        except TypeError as error:  # a wrong type from Python (the flags' types are always right)
-            raise TrainError(None, str(error)) from None
         for spec in self.runs()[:1]:
             self.config(spec)  # the shared settings, checked by TrainConfig
 

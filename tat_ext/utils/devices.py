@@ -1,13 +1,14 @@
 """``--device`` values: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
 from __future__ import annotations
 
+import logging
 from typing import List, Optional
 
 import torch
 
 from tat_ext.errors import UserError
 
-__all__ = ["cuda_devices", "resolve_device"]
+__all__ = ["cuda_devices", "quiet_no_cuda_runtime_warning", "resolve_device"]
 
 _FORMS = "auto, cpu, cuda or cuda:N"
 
@@ -17,6 +18,21 @@ def cuda_devices() -> List[torch.device]:
     if not torch.cuda.is_available():
         return []
     return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+
+
+class _NoCudaRuntimeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def quiet_no_cuda_runtime_warning() -> None:
+    """Drop the "No CUDA runtime is found, using CUDA_HOME=..." warning that
+    ``torch.utils.cpp_extension`` logs when it is imported (torch.compile imports it) on a machine
+    with the CUDA toolkit but no GPU: there it says nothing a CPU run needs. Its other messages
+    stay."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeFilter) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeFilter())
 
 
 def resolve_device(text: str, argument: str = "--device", *, default_index: Optional[int] = None) -> torch.device:

@@ -42,8 +42,9 @@ class _RecordingWriter:
     ``torch.save`` turn it into their own error ("unexpected pos ..."), which names neither the
     file nor the cause."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, name: str) -> None:
         self._file = file
+        self.name = name  # the temporary's path
         self.error: Optional[OSError] = None
 
     def write(self, data) -> int:
@@ -72,7 +73,7 @@ def atomic_write(path: str, write_fn: Callable[[BinaryIO], None], *, mode: int =
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}{_TMP_MARK}")
     try:
         with os.fdopen(fd, "wb") as f:
-            writer = _RecordingWriter(f)
+            writer = _RecordingWriter(f, tmp)
             try:
                 write_fn(writer)
             except Exception:
