@@ -1,16 +1,14 @@
 // The Python extension module tat_ext._C. Importing it runs the static registrations of the
 // operators (ops.cpp) and their kernels and autograd; it also reports how it was built, and
 // gives Python a direct entry to tat_ext::trelu.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/python.h>
 
 #include <optional>
 #include <string>
 
-namespace {
+#include "op_handles.h"
 
-using TreluFn = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, double, double,
-                           double, double, int64_t, c10::string_view);
+namespace {
 
 // tat_ext::trelu through the dispatcher (autograd, functorch, Python modes all apply). The
 // generic torch.ops path boxes every argument and scans all of them for __torch_function__,
@@ -20,9 +18,7 @@ using TreluFn = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, 
 at::Tensor trelu_entry(const at::Tensor& x, const std::optional<at::Tensor>& bias, double slope,
                        double scale, double in_shift, double out_shift, int64_t channel_dim,
                        const std::string& save) {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("tat_ext::trelu", "").typed<TreluFn>();
-  return op.call(x, bias, slope, scale, in_shift, out_shift, channel_dim, save);
+  return tat_ext::trelu_op().call(x, bias, slope, scale, in_shift, out_shift, channel_dim, save);
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
-// Operator schemas of the tat_ext library. Backend kernels are registered per backend (cpu/,
-// cuda/), autograd for the Autograd key (autograd/), fake kernels from Python (tat_ext/ops.py).
+// Operator schemas of the tat_ext library, and their typed handles (op_handles.h). Backend
+// kernels are registered per backend (cpu/, cuda/), autograd for the Autograd key (autograd/),
+// fake kernels from Python (tat_ext/ops.py).
 #include <torch/library.h>
+
+#include "op_handles.h"
 
 TORCH_LIBRARY(tat_ext, m) {
   // The public op: y = scale * (LReLU(x + bias[c] + in_shift; slope) + out_shift), c = index
@@ -23,3 +26,27 @@ TORCH_LIBRARY(tat_ext, m) {
       "float scale, float in_shift, float out_shift, int channel_dim, "
       "ScalarType? bias_grad_dtype) -> (Tensor, Tensor)");
 }
+
+namespace tat_ext {
+
+const c10::TypedOperatorHandle<TreluFn>& trelu_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("tat_ext::trelu", "").typed<TreluFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<TreluForwardFn>& trelu_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("tat_ext::trelu_forward", "")
+                             .typed<TreluForwardFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<TreluBackwardFn>& trelu_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("tat_ext::trelu_backward", "")
+                             .typed<TreluBackwardFn>();
+  return op;
+}
+
+}  // namespace tat_ext

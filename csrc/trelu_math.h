@@ -20,7 +20,7 @@
 
 namespace tat_ext {
 
-// What forward keeps for backward (mirrors tat_ext/ops.py SAVE_KINDS). Here rather than in
+// What forward keeps for backward (mirrors SAVE_KIND in tat_ext/_checks.py). Here rather than in
 // trelu_plan.h so the CUDA kernel files can use it without ATen's tensor headers.
 enum class SaveKind : int64_t { Input = 0, Output = 1, Mask = 2 };
 

@@ -212,7 +212,8 @@ BackwardPlan plan_backward(const at::Tensor& grad_y, const at::Tensor& saved,
     TORCH_CHECK_VALUE(saved.dim() == 1 && saved.numel() == mask_bytes(grad_y.numel()),
                       "trelu_backward: mask has ", saved.numel(), " bytes, expected ",
                       mask_bytes(grad_y.numel()));
-    // The bit order follows grad_y's memory order; ops.py hands grad_y in the output's layout.
+    // The bit order follows grad_y's memory order; the autograd node (autograd/trelu_autograd.cpp)
+    // hands grad_y in y's layout.
     p.grad_y = densify(grad_y);
   } else {
     TORCH_CHECK_VALUE(saved.sizes() == grad_y.sizes(), "trelu_backward: saved tensor shape ",

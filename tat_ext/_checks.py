@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 
 SAVE_MODES = ("auto", "input", "output", "mask")
+# The concrete modes as the operators' `save_kind` integer: the C++ SaveKind enum (trelu_math.h).
+SAVE_KIND = {"input": 0, "output": 1, "mask": 2}
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-_MASK = 2  # SaveKind::Mask
+from tat_ext._checks import SAVE_KIND
 
 
 def _fold(t: torch.Tensor, bdim: int, cd: int) -> torch.Tensor:
@@ -68,7 +68,7 @@ def _trelu_backward_vmap(info, in_dims, grad_y, saved, bias, save_kind, slope, s
     op = torch.ops.tat_ext.trelu_backward.default
     consts = (slope, scale, in_shift, out_shift)
     grad_y = _batched(grad_y, g_bdim, batch)
-    if save_kind == _MASK:
+    if save_kind == SAVE_KIND["mask"]:
         # The mask's bits follow each sample's memory order: one call per sample.
         saved = _batched(saved, s_bdim, batch)
         bias = None if bias is None else _batched(bias, b_bdim, batch)

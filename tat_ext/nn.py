@@ -8,37 +8,25 @@ cosine ≈ 1), and per-location normalized inputs (:func:`tat_ext.data.per_locat
 """
 from __future__ import annotations
 
-import math
-import numbers
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tat_ext._checks import check_float_param, resolve_save
+from tat_ext._trelu_params import TReLUParams, split_params, trelu_scale
 from tat_ext.ops import trelu
-
-if TYPE_CHECKING:
-    from tat_ext.transform import TReLUParams
 
 __all__ = ["TReLU", "TATConv2d", "TATLinear", "trelu_scale"]
 
 
-def trelu_scale(slope: float) -> float:
-    """TReLU's output scale sqrt(2 / (1 + slope²)): gives Q(q) = q (docs/math.md, TReLU)."""
-    return math.sqrt(2.0 / (1.0 + slope * slope))
-
-
 def _slope_and_scale(slope, scale):
-    """(slope, scale) from numbers, or from the result of tat_ext.transform.solve_trelu."""
-    if not isinstance(slope, (numbers.Real, torch.Tensor)):
-        from tat_ext.transform import TReLUParams  # deferred: the solvers import scipy
-
-        if isinstance(slope, TReLUParams):
-            if scale is not None:
-                raise ValueError("scale: give either a solve_trelu result or a scale, not both")
-            return slope.slope, slope.scale
+    """(slope, scale) from numbers, or from the result of tat_ext.transform.solve_trelu; a number
+    without a scale gets TReLU's."""
+    if isinstance(slope, TReLUParams) and scale is not None:
+        raise ValueError("scale: give either a solve_trelu result or a scale, not both")
+    slope, scale = split_params(slope, scale, None)
     slope = check_float_param("slope", slope)
     return slope, trelu_scale(slope) if scale is None else check_float_param("scale", scale)
 

@@ -7,18 +7,17 @@ rule, and the fallback to the pure-PyTorch reference where no compiled kernel ex
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch.compiler import is_compiling
 
 from tat_ext import _extension, _vmap, reference
-from tat_ext._checks import check_all, check_float_param, check_int_param
+from tat_ext._checks import SAVE_KIND, check_all, check_float_param, check_int_param
+from tat_ext._trelu_params import TReLUParams, split_params
 
 __all__ = ["trelu", "SAVE_KIND"]
 
-# What the forward keeps for the backward (the C++ SaveKind enum).
-SAVE_KIND = {"input": 0, "output": 1, "mask": 2}
 _MASK_WORD_BYTES = 4  # the packed mask is whole 32-bit words
 
 _OP = torch.ops.tat_ext.trelu.default if _extension.AVAILABLE else None
@@ -32,8 +31,8 @@ def trelu(
     x: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     *,
-    slope: float,
-    scale: float = 1.0,
+    slope: Union[float, TReLUParams],
+    scale: Optional[float] = None,
     in_shift: float = 0.0,
     out_shift: float = 0.0,
     channel_dim: int = 1,
@@ -49,7 +48,11 @@ def trelu(
             an fp32 parameter under autocast). Receives a gradient reduced in fp32 (fp64 for
             fp64), deterministically.
         slope: negative-side slope of the Leaky ReLU; the gradient at exactly z == 0 is `slope`.
-        scale, in_shift, out_shift: the transformation's constants. slope/scale/shifts are fixed
+            Or the result of :func:`tat_ext.transform.solve_trelu`: its slope, and its scale
+            unless `scale` is given.
+        scale: output scale; None means 1.0 for a number `slope`, the result's scale for a
+            solver result.
+        in_shift, out_shift: the transformation's other constants. slope/scale/shifts are fixed
             numbers: no gradient flows to them. For float32/float16/bfloat16 inputs the
             arithmetic is float32, so they must lie within float32's range.
         channel_dim: dimension of x that `bias` indexes (ignored without a bias).
@@ -66,6 +69,8 @@ def trelu(
     is stored as at least the output dtype's smallest positive value (this keeps save="output"
     exact in float16, where scale·z can underflow).
     """
+    if scale is None or type(slope) is not float:
+        slope, scale = split_params(slope, scale, 1.0)
     if _OP is not None:
         if is_compiling():  # torch.compile traces the operator itself
             return _OP(x, bias, slope, scale, in_shift, out_shift, channel_dim, save)

@@ -7,11 +7,13 @@ pre-activation are computed in float32 (float64 for float64 inputs) and y is rou
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 
 from tat_ext._checks import check_all
+from tat_ext._trelu_params import TReLUParams, split_params
 
 __all__ = ["trelu", "accumulation_dtype"]
 
@@ -25,8 +27,8 @@ def trelu(
     x: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     *,
-    slope: float,
-    scale: float = 1.0,
+    slope: Union[float, TReLUParams],
+    scale: Optional[float] = None,
     in_shift: float = 0.0,
     out_shift: float = 0.0,
     channel_dim: int = 1,
@@ -34,8 +36,10 @@ def trelu(
 ) -> torch.Tensor:
     """y = scale·(LReLU(x + bias[c] + in_shift; slope) + out_shift), in plain PyTorch.
 
-    `save` is validated like the fused op's but has no effect here (autograd keeps what it needs).
+    `slope` and `scale` are read as by the fused op (a solver result carries its scale). `save`
+    is validated like the fused op's but has no effect here (autograd keeps what it needs).
     """
+    slope, scale = split_params(slope, scale, 1.0)
     slope, scale, in_shift, out_shift, channel_dim, _ = check_all(
         x, bias, slope, scale, in_shift, out_shift, channel_dim, save
     )
@@ -46,10 +50,11 @@ def trelu(
         shape = [1] * x.dim()
         shape[channel_dim] = -1
         z = x.to(acc) + (bias.to(acc) + in_shift).view(shape)
-    positive = z > 0
-    # LReLU via where: the gradient at z == 0 takes the negative branch (slope), as in PyTorch.
-    y = scale * (torch.where(positive, z, slope * z) + out_shift)
+    # PyTorch's own Leaky ReLU: the gradient at z == 0 is slope, and the gradient's derivative
+    # is zeros (not "unused"), as eager code gives them.
+    y = scale * (F.leaky_relu(z, slope) + out_shift)
     if out_shift == 0.0 and scale > 0.0:
+        positive = z > 0
         # A positive pre-activation never rounds to y == 0 (see trelu_math.h): lift it to the
         # output dtype's smallest positive value, with a straight-through gradient.
         info = torch.finfo(x.dtype)

@@ -9,7 +9,6 @@ import functools
 import itertools
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from scipy import optimize
 
 from tat_ext import _validate, cmaps
+from tat_ext._trelu_params import TReLUParams, trelu_scale
 from tat_ext._validate import ArgumentValueError
 from tat_ext.activations import (
     Activation,
@@ -50,21 +50,6 @@ MAX_DEPTH = 1_000_000
 
 # Tightest bracket brentq can be asked for on α ∈ [0, 1]; keeps |slope − exact root| far below 1e-9.
 _XTOL = 1e-14
-
-
-@dataclass(frozen=True)
-class TReLUParams:
-    """Transformed Leaky ReLU ``scale · LReLU_slope(x)``.
-
-    Attributes:
-        slope: negative-side slope α in [0, 1).
-        scale: output scale ``sqrt(2/(1+α²))`` that makes Q(q) = q.
-        c0: C_f(0) the network reaches with this slope (the maximum over subnetworks).
-    """
-
-    slope: float
-    scale: float
-    c0: float
 
 
 def _check_depth(depth: object) -> int:
@@ -167,7 +152,7 @@ def solve_trelu(
             "C_f(0) = 0 — check that it starts from x and applies r_fn once per nonlinear layer"
         )
     slope = optimize.brentq(lambda a: c_f0(a) - eta, 0.0, 1.0, xtol=_XTOL)
-    return TReLUParams(slope=slope, scale=math.sqrt(2.0 / (1.0 + slope * slope)), c0=c_f0(slope))
+    return TReLUParams(slope=slope, scale=trelu_scale(slope), c0=c_f0(slope))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tat_ext import _extension
+from tat_ext.ops import SAVE_KIND
 
 pytestmark = pytest.mark.skipif(
     not _extension.WITH_CUDA,
@@ -31,7 +32,6 @@ DTYPES = {  # name: (mangled scalar type, elements per 16-byte access)
     "float16": ("N3c104HalfE", 8),
     "bfloat16": ("N3c108BFloat16E", 8),
 }
-SAVE_KINDS = (0, 1, 2)  # SaveKind::Input, Output, Mask
 
 
 def _tool(name: str) -> str:
@@ -115,7 +115,7 @@ def test_forward_sass(kernel, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", SAVE_KINDS)
+@pytest.mark.parametrize("kind", sorted(SAVE_KIND.values()))
 @pytest.mark.parametrize("kernel", ["trelu_backward_planes", "trelu_backward_columns"])
 def test_backward_sass(kernel, kind, dtype):
     scalar, vec = DTYPES[dtype]

@@ -202,6 +202,46 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+# Rank 1 is killed with SIGKILL (as the kernel's out-of-memory killer does) at its third collective,
+# the third training step's stop check: rank 0 is then waiting for it there.
+_KILL_RANK_1 = """
+import os, signal, sys
+import torch.distributed as dist
+from tat_ext import cli
+
+if os.environ["RANK"] == "1":
+    real, calls = dist.all_reduce, []
+
+    def all_reduce(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    dist.all_reduce = all_reduce
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_torchrun_worker_killed_mid_run_is_reported_in_one_line(tmp_path):
+    script = tmp_path / "kill_rank_1.py"
+    script.write_text(_KILL_RANK_1)
+    out = str(tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), "train", *TINY, "--batch-size", "32", "--epochs", "1", "--device", "cpu",
+                           "--out", out], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode != 0, err
+    lines = [line for line in err.splitlines() if line.startswith("tat-ext train: ")]
+    assert len(lines) == 1, err
+    assert "process 0 of 2 lost contact with another process of this torchrun run" in lines[0], err
+    assert "by peer" in lines[0] and "--resume" in lines[0], err  # "closed by" or "reset by"
+    assert "[rank0]: Traceback" not in err, err  # the survivor's one line, not its traceback
+    root_cause = err[err.index("Root Cause"):]  # torchrun's report names the process and the signal
+    assert "rank      : 1" in root_cause and "SIGKILL" in root_cause, err
+    assert sorted(os.listdir(out)) == ["config.json"]  # nothing partial
+
+
 # -- execution flags --------------------------------------------------------------------------------
 
 
@@ -300,6 +340,30 @@ def test_resume_with_other_settings_is_refused(finished_run, capsys):
                              "--lr", "0.01", "--out", finished_run, "--resume"], capsys)
     assert status == 2 and "--lr 0.0003 -> 0.01" in err and err.count("\n") == 1
     assert _snapshot(finished_run) == before
+
+
+def test_epochs_may_grow_with_a_constant_schedule_only(tmp_path, finished_run, capsys):
+    """--epochs is outside the run's identity for --schedule constant (the run just goes on), inside
+    it for cosine (the schedule's shape depends on it); a run is never resumed with fewer epochs than
+    it has completed."""
+    small = ["--model", "vanilla_mlp", "--depth", "13", "--width", "8"]
+    before = _snapshot(finished_run)  # cosine, 1 epoch
+    status, err = _run_main(small + ["--epochs", "2", "--out", finished_run, "--resume"], capsys)
+    assert status == 2 and "--epochs 1 -> 2" in err and err.count("\n") == 1, err
+    assert _snapshot(finished_run) == before
+
+    out = str(tmp_path / "constant")
+    constant = small + ["--schedule", "constant", "--out", out]
+    assert _run_main(constant + ["--epochs", "1"], capsys)[0] == 0
+    status, err = _run_main(constant + ["--epochs", "2", "--resume"], capsys)
+    assert status == 0, err
+    assert [row["epoch"] for row in _rows(out)] == [1, 2]  # the first epoch kept, one more trained
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["epoch"] == 2
+
+    before = _snapshot(out)
+    status, err = _run_main(constant + ["--epochs", "1", "--resume"], capsys)
+    assert status == 2 and "--epochs" in err and "complete" in err and err.count("\n") == 1, err
+    assert _snapshot(out) == before  # nothing trained, nothing written
 
 
 def test_corrupt_checkpoint_is_refused_and_kept(tmp_path, finished_run, capsys):

@@ -1,41 +1,53 @@
 """The fused CPU kernels against the pure-PyTorch reference (and an fp64 reference)."""
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
 import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.tools.cases import (DTYPES, LAYOUTS, PARAMS, eager_chain, fp64_reference,
-                                 grad_bias_atol, grad_bias_rtol, grad_x_rtol, make_bias, make_input,
-                                 max_abs_err, valid_saves)
+                                 forward_backward, grad_bias_atol, grad_bias_rtol, grad_x_rtol,
+                                 make_bias, make_input, max_abs_err, valid_saves)
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
 
-def _run(fn, x, bias, grad_out, **kw):
-    x = x.detach().clone().requires_grad_(True)  # clone keeps x's strides
-    b = None if bias is None else bias.detach().clone().requires_grad_(True)
-    y = fn(x, b, **kw)
-    inputs = (x,) if b is None else (x, b)
-    grads = torch.autograd.grad(y, inputs, grad_out) if y.numel() else (torch.zeros_like(x),) + (
-        () if b is None else (torch.zeros_like(b),))
-    return y, grads
+
+def _seed(*key) -> int:
+    """The same seed in every process for the same case (hash() of a str is salted per process)."""
+    return zlib.crc32("-".join(map(str, key)).encode()) % 1000
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generator(request):
+    """Tests that draw from torch's global generator see the same values whatever ran before."""
+    torch.manual_seed(_seed(request.node.name))
+
+
+def _grad_out(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """dL/dy from its own seeded generator (not the global one), so a failure reproduces."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(x.shape, dtype=torch.float64, generator=g).to(x.dtype)
+
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bias_kind", ["none", "same", "fp32"])
 def test_matches_reference(layout, dtype, bias_kind):
-    x = make_input(layout, dtype, seed=hash((layout.id, str(dtype))) % 1000)
+    seed = _seed(layout.id, dtype)
+    x = make_input(layout, dtype, seed=seed)
     bias_dtype = {"none": None, "same": dtype, "fp32": torch.float32}[bias_kind]
     bias = make_bias(x, layout.channel_dim, bias_dtype)
-    grad_out = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    grad_out = _grad_out(x, seed + 1)
     for i, p in enumerate(PARAMS):
         if (i + len(layout.id)) % 2 and p is not PARAMS[0]:
             continue  # every layout sees TReLU and half of the other parameter sets
         for save in valid_saves(p):
             kw = dict(p, channel_dim=layout.channel_dim, save=save)
-            y, grads = _run(tat_ext.trelu, x, bias, grad_out, **kw)
-            y_ref, grads_ref = _run(reference.trelu, x, bias, grad_out, **kw)
+            y, grads = forward_backward(tat_ext.trelu, x, bias, grad_out, **kw)
+            y_ref, grads_ref = forward_backward(reference.trelu, x, bias, grad_out, **kw)
             # Same rounding steps and no FMA contraction: the forward is bit-identical.
             assert torch.equal(y, y_ref), f"forward differs ({save}, {p})"
             assert y.stride() == torch.empty_like(x).stride(), "memory format not kept"
@@ -53,11 +65,11 @@ def test_low_precision_error_within_twice_pytorch(layout, dtype):
     """fp16/bf16: error vs an fp64 reference is at most 2x that of PyTorch's own eager chain."""
     x = make_input(layout, dtype, seed=3)
     bias = make_bias(x, layout.channel_dim, dtype)
-    grad_out = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    grad_out = _grad_out(x, 4)
     p = dict(slope=0.2, scale=1.3, in_shift=0.1, out_shift=0.05, channel_dim=layout.channel_dim)
-    y, (gx, _) = _run(tat_ext.trelu, x, bias, grad_out, **p, save="mask")
-    y_eager, (gx_eager, _) = _run(eager_chain, x, bias, grad_out, **p)
-    y64, (gx64, _) = _run(fp64_reference, x, bias, grad_out.double(), **p)
+    y, (gx, _) = forward_backward(tat_ext.trelu, x, bias, grad_out, **p, save="mask")
+    y_eager, (gx_eager, _) = forward_backward(eager_chain, x, bias, grad_out, **p)
+    y64, (gx64, _) = forward_backward(fp64_reference, x, bias, grad_out.double(), **p)
     tiny = torch.finfo(dtype).tiny
     assert max_abs_err(y, y64) <= 2 * max_abs_err(y_eager, y64) + tiny
     assert max_abs_err(gx, gx64) <= 2 * max_abs_err(gx_eager, gx64) + tiny
@@ -81,6 +93,19 @@ def test_gradcheck_float64(save, memory):
         return tat_ext.trelu(x, b, slope=0.3, scale=1.4, in_shift=0.05, save=save)
 
     assert torch.autograd.gradcheck(fn, (x, bias))
+
+@pytest.mark.parametrize("fn", [tat_ext.trelu, reference.trelu], ids=["fused", "reference"])
+def test_takes_the_solver_result_like_the_modules(fn):
+    """slope=solve_trelu(...) brings its scale; scale=None is 1.0 for a number; a scale given
+    explicitly wins."""
+    from tat_ext.transform import solve_trelu
+
+    params = solve_trelu(49)
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    assert torch.equal(fn(x, slope=params), fn(x, slope=params.slope, scale=params.scale))
+    assert torch.equal(fn(x, slope=params, scale=2.0), fn(x, slope=params.slope, scale=2.0))
+    assert torch.equal(fn(x, slope=0.3), fn(x, slope=0.3, scale=1.0))
+    assert not torch.equal(fn(x, slope=params), fn(x, slope=params.slope))  # the scale mattered
 
 def test_gradient_at_zero_is_slope():
     x = torch.tensor([[-1.0, 0.0, 2.0]], requires_grad=True)

@@ -1,19 +1,23 @@
 """Parity of tat_ext.trelu with its pure-PyTorch reference in every mode PyTorch offers for the
-eager composition it replaces: create_graph (double) backward, forward-mode AD, the torch.func
-transforms, vmap, torch.compile (static, dynamic, changing constants), autocast, checkpointing.
-The same function runs through both implementations and must give the same answer."""
+eager composition it replaces: create_graph (double) backward, second derivatives, forward-mode
+AD, the torch.func transforms, vmap, torch.compile (static, dynamic, changing constants),
+autocast, checkpointing. The same function runs through both implementations and must give the
+same answer."""
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
 import torch.func as tf
+import torch.nn.functional as F
 from torch.autograd import forward_ad
 
 import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.nn import TATConv2d, TReLU
+from tat_ext.transform import get_transformed_activations
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason="extension not built")
 
@@ -46,7 +50,10 @@ def _both(run):
 
 
 def _assert_same(fused, ref, rtol=1e-12, atol=1e-12):
-    for a, b in zip(torch.utils._pytree.tree_leaves(fused), torch.utils._pytree.tree_leaves(ref)):
+    fused_leaves, fused_spec = torch.utils._pytree.tree_flatten(fused)
+    ref_leaves, ref_spec = torch.utils._pytree.tree_flatten(ref)
+    assert fused_spec == ref_spec, "the implementations give different numbers of results"
+    for a, b in zip(fused_leaves, ref_leaves, strict=True):
         assert a is not None and b is not None
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
@@ -63,6 +70,38 @@ def test_create_graph_double_backward(save, layout):
         penalty = gx.pow(2).sum() + (gb * gb.detach()).sum() + (gx * x).sum()
         return torch.autograd.grad(penalty, (x, b))
     _assert_same(*_both(run))
+
+
+def _eager(x, b, slope, scale, in_shift, out_shift):
+    """The plain PyTorch composition the op replaces."""
+    return scale * (F.leaky_relu(x + b.view(1, -1, 1, 1) + in_shift, slope) + out_shift)
+
+
+@pytest.mark.parametrize("save", SAVES)
+def test_second_derivative_is_zeros_like_eager(save):
+    """d/dx of the gradient (with grad_y fixed) is zeros, as for eager PyTorch (leaky_relu_backward's
+    derivative with respect to its input): not an error, not an unused input, in every mode."""
+    def run(impl):
+        x, b = (t.requires_grad_() for t in _inputs())
+        f = functools.partial(_eager, **SAVES[save]) if impl == "eager" else _act(impl, save)
+        gx, gb = torch.autograd.grad(f(x, b).sum(), (x, b), create_graph=True)
+        return torch.autograd.grad((gx * x.detach().cos()).sum() + gb.sum(), (x, b))
+    fused, ref = _both(run)
+    eager = run("eager")
+    assert torch.equal(eager[0], torch.zeros_like(eager[0]))  # the behaviour matched
+    _assert_same(fused, eager, rtol=0, atol=0)
+    _assert_same(ref, eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu"])
+def test_transformed_relus_have_zero_second_derivative(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DKS with ReLU warns (the shifted ReLU is not smooth)
+        fn = get_transformed_activations([name], "DKS", max_slope_func=lambda s: s**10)[name]
+    x = _inputs()[0].requires_grad_()
+    (d1,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), x)
+    assert torch.equal(d2, torch.zeros_like(x))
 
 
 @pytest.mark.parametrize("save", SAVES)
@@ -142,7 +181,7 @@ def test_compile_fullgraph_with_changing_shapes_and_constants(save, dynamic):
     consts = SAVES[save]
 
     def block(x, b, slope, scale):
-        p = dict(consts, slope=slope, scale=scale) if save != "output" else dict(consts)
+        p = dict(consts, slope=slope, scale=scale)
         return tat_ext.trelu(x, b, channel_dim=1, save=save, **p).square().sum()
 
     compiled = torch.compile(block, fullgraph=True, dynamic=dynamic)
@@ -151,7 +190,7 @@ def test_compile_fullgraph_with_changing_shapes_and_constants(save, dynamic):
         x = x[..., :n].detach().requires_grad_()
         out = compiled(x, b, slope, scale)
         grads = torch.autograd.grad(out, (x, b))
-        p = dict(consts, slope=slope, scale=scale) if save != "output" else dict(consts)
+        p = dict(consts, slope=slope, scale=scale)
         out_ref = reference.trelu(x, b, channel_dim=1, **p).square().sum()
         _assert_same((out, grads), (out_ref, torch.autograd.grad(out_ref, (x, b))), rtol=1e-5,
                      atol=1e-5)

@@ -9,8 +9,10 @@
 //   - the backward of trelu:          grad_x = D grad_y,  grad_bias[c] = sum_c D grad_y;
 //   - the tangent of trelu:           y_t = D (x_t + bias_t[c]);
 //   - the backward of trelu_backward: grad_grad_y = D (gg_x + gg_bias[c]); its derivative with
-//     respect to the saved tensor and the bias is zero almost everywhere, as for PyTorch's
-//     leaky_relu_backward;
+//     respect to the saved tensor and the bias is zero almost everywhere, and it is returned as
+//     zeros (not as "unused"), as PyTorch's leaky_relu_backward does: so a second derivative
+//     with respect to x or the bias is zeros in every save mode (in mask mode, whose mask has no
+//     graph, TreluZeroDerivative links the gradient to x and the bias);
 //   - the tangent of trelu_backward:  trelu_backward applied to grad_y_t.
 #include <ATen/ATen.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -25,6 +27,7 @@
 #include <optional>
 #include <vector>
 
+#include "../op_handles.h"
 #include "../trelu_plan.h"
 
 namespace tat_ext::autograd {
@@ -34,34 +37,6 @@ using at::Tensor;
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-using TreluFn = Tensor(const Tensor&, const std::optional<Tensor>&, double, double, double, double,
-                       int64_t, c10::string_view);
-using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const std::optional<Tensor>&, double,
-                                              double, double, double, int64_t, int64_t);
-using BackwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                               const std::optional<Tensor>&, int64_t, double,
-                                               double, double, double, int64_t,
-                                               std::optional<at::ScalarType>);
-
-const c10::TypedOperatorHandle<TreluFn>& trelu_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("tat_ext::trelu", "").typed<TreluFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("tat_ext::trelu_forward", "").typed<ForwardFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("tat_ext::trelu_backward", "")
-                             .typed<BackwardFn>();
-  return op;
-}
 
 // The op's constants, and what its backward reads the signs of z from.
 struct Constants {
@@ -74,8 +49,9 @@ struct Constants {
 std::tuple<Tensor, Tensor> call_backward(const Tensor& grad_y, const Tensor& saved,
                                          const std::optional<Tensor>& bias, const Constants& k,
                                          std::optional<at::ScalarType> bias_grad_dtype) {
-  return backward_op().call(grad_y, saved, bias, static_cast<int64_t>(k.kind), k.slope, k.scale,
-                            k.in_shift, k.out_shift, k.channel_dim, bias_grad_dtype);
+  return trelu_backward_op().call(grad_y, saved, bias, static_cast<int64_t>(k.kind), k.slope,
+                                  k.scale, k.in_shift, k.out_shift, k.channel_dim,
+                                  bias_grad_dtype);
 }
 
 // The strides a dense copy of t gets (t's own when it is dense already): the memory order that
@@ -122,10 +98,29 @@ struct SignsNode : public Node {
   }
 };
 
+// d(grad_x, grad_bias)/d(x, bias) = 0 for a gradient computed from the sign mask: a node that
+// returns zeros for x and the bias. Without it a create_graph gradient in mask mode would have no
+// path to them (the mask is not differentiable), and its derivative would be "unused".
+struct TreluZeroDerivative : public Node {
+  std::vector<int64_t> x_sizes, bias_sizes;
+  at::TensorOptions x_options, bias_options;
+
+  std::string name() const override { return "TreluZeroDerivative"; }
+
+  variable_list apply(variable_list&& /*grads*/) override {
+    variable_list out(2);
+    if (task_should_compute_output(0)) out[0] = at::zeros(x_sizes, x_options);
+    if (task_should_compute_output(1)) out[1] = at::zeros(bias_sizes, bias_options);
+    return out;
+  }
+};
+
 // Reverse mode of trelu: grad_y -> (grad_x, grad_bias).
 struct TreluBackward : public SignsNode {
   at::ScalarType bias_dtype = at::kFloat;
   std::vector<int64_t> y_strides;  // SaveKind::Mask: the mask's bit order is y's memory order
+  std::vector<int64_t> sizes;      // SaveKind::Mask: of x (for zeros of x and the bias)
+  at::ScalarType x_dtype = at::kFloat;
 
   std::string name() const override { return "TreluBackward"; }
 
@@ -144,12 +139,33 @@ struct TreluBackward : public SignsNode {
         call_backward(g, saved, bias, k, want_bias ? std::optional(bias_dtype) : std::nullopt);
     if (task_should_compute_output(0)) out[0] = std::move(grad_x);
     if (want_bias) out[1] = std::move(grad_bias);
+    if (k.kind == SaveKind::Mask && at::GradMode::is_enabled()) link_to_inputs(out);
     return out;
+  }
+
+  // create_graph: adds to each gradient a zero scalar whose graph leads to x and the bias
+  // through TreluZeroDerivative, as the saved x or y does in the other modes.
+  void link_to_inputs(variable_list& grads) {
+    const Tensor& any = grads[0].defined() ? grads[0] : grads[1];
+    if (!any.defined()) return;
+    auto node = c10::make_intrusive<TreluZeroDerivative>();
+    node->set_next_edges({next_edge(0), next_edge(1)});
+    node->x_sizes = sizes;
+    node->x_options = any.options().dtype(x_dtype);
+    if (has_bias) {
+      node->bias_sizes = {sizes[wrap_dim(k.channel_dim, static_cast<int64_t>(sizes.size()))]};
+      node->bias_options = any.options().dtype(bias_dtype);
+    }
+    Tensor zero = at::zeros({}, any.options());
+    torch::autograd::set_history(zero, node);
+    for (Tensor& grad : grads) {
+      if (grad.defined()) grad = grad.add(zero);
+    }
   }
 };
 
-// Reverse mode of trelu_backward: (gg_x, gg_bias) -> grad of grad_y; nothing for the saved
-// tensor and the bias (zero almost everywhere).
+// Reverse mode of trelu_backward: (gg_x, gg_bias) -> grad of grad_y, and zeros for the saved
+// tensor and the bias (the derivative is zero almost everywhere).
 struct TreluBackwardBackward : public SignsNode {
   std::vector<int64_t> sizes, strides;  // of grad_y as the kernel read it (the mask's order)
   at::ScalarType dtype = at::kFloat;
@@ -159,14 +175,16 @@ struct TreluBackwardBackward : public SignsNode {
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     variable_list out(3);
+    const Tensor saved = saved_.unpack();
+    std::optional<Tensor> bias;
+    if (has_bias) bias = bias_.unpack();
+    if (task_should_compute_output(1)) out[1] = at::zeros_like(saved);
+    if (has_bias && task_should_compute_output(2)) out[2] = at::zeros_like(*bias);
     if (!task_should_compute_output(0)) return out;
     const int64_t cd = wrap_dim(k.channel_dim, static_cast<int64_t>(sizes.size()));
     const Tensor t = add_per_channel(grads[0], grads[1], sizes, cd, dtype);
     if (!t.defined()) return out;
-    std::optional<Tensor> bias;
-    if (has_bias) bias = bias_.unpack();
-    out[0] = std::get<0>(call_backward(with_strides(t, strides), saved_.unpack(), bias, k,
-                                       std::nullopt));
+    out[0] = std::get<0>(call_backward(with_strides(t, strides), saved, bias, k, std::nullopt));
     return out;
   }
 };
@@ -208,9 +226,9 @@ Tensor trelu_autograd(c10::DispatchKeySet ks, const Tensor& x, const std::option
     // Without a backward the forward keeps nothing (SaveKind::Input adds no mask).
     const SaveKind kind = node ? k.kind : SaveKind::Input;
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(y, mask) =
-        forward_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x, bias, slope, scale,
-                                in_shift, out_shift, channel_dim, static_cast<int64_t>(kind));
+    std::tie(y, mask) = trelu_forward_op().redispatch(
+        ks & c10::after_ADInplaceOrView_keyset, x, bias, slope, scale, in_shift, out_shift,
+        channel_dim, static_cast<int64_t>(kind));
   }
   if (node) {
     torch::autograd::set_history(y, node);
@@ -220,6 +238,8 @@ Tensor trelu_autograd(c10::DispatchKeySet ks, const Tensor& x, const std::option
       case SaveKind::Mask:
         node->saved_ = SavedVariable(mask, false);
         node->y_strides = y.strides().vec();
+        node->sizes = x.sizes().vec();
+        node->x_dtype = x.scalar_type();
         break;
     }
     if (bias.has_value()) {
@@ -260,9 +280,9 @@ std::tuple<Tensor, Tensor> trelu_backward_autograd(
   }
   auto [grad_x, grad_bias] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, grad_y, saved, bias,
-                                    save_kind, slope, scale, in_shift, out_shift, channel_dim,
-                                    bias_grad_dtype);
+    return trelu_backward_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, grad_y, saved,
+                                          bias, save_kind, slope, scale, in_shift, out_shift,
+                                          channel_dim, bias_grad_dtype);
   }();
   if (node) torch::autograd::set_history({grad_x, grad_bias}, node);
   if (torch::autograd::isFwGradDefined(grad_y)) {
@@ -283,8 +303,8 @@ Tensor trelu_no_autograd(const Tensor& x, const std::optional<Tensor>& bias, dou
                          double scale, double in_shift, double out_shift, int64_t channel_dim,
                          c10::string_view save) {
   resolve_save(save, x, slope, scale, in_shift, out_shift);  // same argument checks
-  return std::get<0>(forward_op().call(x, bias, slope, scale, in_shift, out_shift, channel_dim,
-                                       static_cast<int64_t>(SaveKind::Input)));
+  return std::get<0>(trelu_forward_op().call(x, bias, slope, scale, in_shift, out_shift,
+                                             channel_dim, static_cast<int64_t>(SaveKind::Input)));
 }
 
 }  // namespace

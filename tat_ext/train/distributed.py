@@ -10,17 +10,28 @@ would make the batches, and so the training curve, depend on N.)
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist
 
-from tat_ext.errors import UserError
+from tat_ext.errors import RunError, UserError
 from tat_ext.utils.devices import resolve_device
 
-__all__ = ["GlobalBatchSampler", "Processes", "setup_processes"]
+__all__ = ["GlobalBatchSampler", "ProcessLost", "Processes", "setup_processes"]
+
+# What gloo raises in a collective whose peer process has gone ("Connection closed by peer",
+# "Connection reset by peer", "Broken pipe"); NCCL's errors are torch.distributed.DistError.
+_PEER_GONE = re.compile(r"by peer|Broken pipe|/gloo/")
+
+
+class ProcessLost(RunError):
+    """Another process of this torchrun run stopped (killed, e.g. for lack of memory, or crashed)
+    while this one waited for it in a collective operation."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,32 @@ class Processes:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    @contextlib.contextmanager
+    def reporting_lost_processes(self) -> Iterator[None]:
+        """Turns the backend's error about a process that has gone into one :class:`ProcessLost`
+        line (instead of a traceback per survivor); torchrun's own report then names that
+        process's rank and exit code."""
+        try:
+            yield
+        except RuntimeError as error:
+            if not (self.distributed and (isinstance(error, dist.DistError)
+                                          or _PEER_GONE.search(str(error)))):
+                raise
+            raise ProcessLost(
+                f"process {self.rank} of {self.world} lost contact with another process of this "
+                f"torchrun run, which stopped (killed, e.g. for lack of memory, or crashed): "
+                f"{_first_sentence(error)}. torchrun's report names its rank and exit code; a "
+                "checkpoint already written is intact (continue with --resume)") from None
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The backend's message without its source location ("[.../pair.cc:561] ")."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip())
+    return text.split(". ")[0].rstrip(".") or type(error).__name__
 
 
 def setup_processes(device: str) -> Processes:

@@ -175,14 +175,16 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
             before anything is written; the message names the flag or file.
         Diverged: the loss became non-finite (the state of the epoch is not saved).
         RunError: a file of the run could not be written (e.g. the disk is full); the previous
-            checkpoint is kept.
+            checkpoint is kept. Under torchrun, :class:`~tat_ext.train.distributed.ProcessLost`:
+            another process of the run stopped.
     """
     config = config.resolved()
     with as_train_error():  # the device
         procs = setup_processes(config.device)
     try:
-        with as_train_error():  # the data (also an image first decoded mid-run), the sampler, the run directory
-            return _Run(config, procs, progress=progress, verbose=verbose, data=data).run(handle_signals)
+        with procs.reporting_lost_processes():
+            with as_train_error():  # the data (also an image first decoded mid-run), the sampler, the run directory
+                return _Run(config, procs, progress=progress, verbose=verbose, data=data).run(handle_signals)
     finally:
         procs.close()
 
