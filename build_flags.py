@@ -87,13 +87,13 @@ def presence_macros(variants: List[Variant]) -> List[Macro]:
 
 
 def _cmake_lines(env: Mapping[str, str]) -> List[str]:
-    """CMakeLists.txt reads the plan from these lines: `common;<flags>`, then one
-    `variant;<name>;<source>;<flags>;<definitions>` per kernel variant (items joined by ',')."""
+    """CMakeLists.txt reads the plan from these lines: `common|<flags>`, then one
+    `variant|<name>|<source>|<flags>|<definitions>` per kernel variant (items joined by ',')."""
     common, variants = plan(env)
-    lines = ["common;" + ",".join(common)]
+    lines = ["common|" + ",".join(common)]
     for v in variants:
         defs = [k if val is None else f"{k}={val}" for k, val in v.macros]
-        lines.append(f"variant;{v.name};{v.source};{','.join(v.flags)};{','.join(defs)}")
+        lines.append(f"variant|{v.name}|{v.source}|{','.join(v.flags)}|{','.join(defs)}")
     return lines
 
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../trelu_plan.h"
+#include "op_handles.h"
 
 namespace tat_ext::autograd {
 namespace {
@@ -34,34 +35,6 @@ using at::Tensor;
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-using TreluFn = Tensor(const Tensor&, const std::optional<Tensor>&, double, double, double, double,
-                       int64_t, c10::string_view);
-using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const std::optional<Tensor>&, double,
-                                              double, double, double, int64_t, int64_t);
-using BackwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                               const std::optional<Tensor>&, int64_t, double,
-                                               double, double, double, int64_t,
-                                               std::optional<at::ScalarType>);
-
-const c10::TypedOperatorHandle<TreluFn>& trelu_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("tat_ext::trelu", "").typed<TreluFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("tat_ext::trelu_forward", "").typed<ForwardFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("tat_ext::trelu_backward", "")
-                             .typed<BackwardFn>();
-  return op;
-}
 
 // The op's constants, and what its backward reads the signs of z from.
 struct Constants {

@@ -10,7 +10,7 @@ from tat_ext.tools.common import write_atomic
 __all__ = ["draw"]
 
 _COLORS = {"eager": "tab:gray", "compile": "tab:blue", "fused": "tab:red",
-           "fused-compile": "tab:orange", "copy_": "black"}
+           "fused-compile": "tab:orange", "fused-conv": "tab:purple", "copy_": "black"}
 
 
 def _pyplot():
