@@ -1,37 +1,20 @@
 """TATConv2d's fused conv (tat_ext::conv_trelu, csrc/autograd/conv_trelu.cpp) against the
-unfused composition (conv2d, then the fused activation) that it replaces.
-
-Tolerance (forward, fp32): folding the scale into the weights rounds each scale*W and
-scale*(b + in_shift) once (relative error u = 2^-24) and the conv's n = C_in/groups*kh*kw
-products may be summed in another order, so with Higham's gamma_k = k*u/(1-k*u)
-  |y_fused - y_unfused| <= 2*gamma_{n+2} * scale * (conv(|x|, |W|) + |b + in_shift|) + u*|y|.
-With inputs on a dyadic grid the conv itself is exact, the sign of every pre-activation is the
-same in both, and the gradients (same grad_z, same convolution_backward) are bitwise equal."""
+unfused composition (conv2d, then the fused activation) that it replaces; the case grid and the
+tolerance (derived from the folded scale's rounding) are in tat_ext/tools/conv_cases.py."""
 from __future__ import annotations
 
 import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tat_ext import _extension
 from tat_ext.nn import FUSED_CONV_ENV, TATConv2d
+from tat_ext.tools import conv_cases
+from tat_ext.tools.conv_cases import FUSED_NODE, forward_bound
 
 pytestmark = pytest.mark.skipif(not (_extension.AVAILABLE and torch.backends.mkldnn.is_available()),
                                 reason="needs the extension and oneDNN")
-U = 2.0 ** -24
-FUSED_NODE = "ConvTreluBackward"
-
-# (groups, stride, dilation, padding, padding_mode, bias, kernel)
-CONFIGS = [
-    (1, 1, 1, 1, "zeros", True, 3),
-    (2, 2, 1, 1, "zeros", True, 3),
-    (1, 1, 2, 2, "reflect", True, 3),
-    (4, 1, 1, 1, "circular", False, 3),
-    (1, 2, 1, 0, "zeros", True, 1),
-    (1, 1, 1, 2, "replicate", True, 5),
-]
 
 
 def _pair(**kw):
@@ -42,63 +25,18 @@ def _pair(**kw):
     return fused, unfused
 
 
-def _dyadic(shape, gen, step=1 / 8, span=8):
-    """Values k*step, |k| <= span: sums of products stay exact in fp32."""
-    return torch.randint(-span, span + 1, shape, generator=gen).float() * step
+_run = conv_cases.run
 
 
-def _run(module, x, g):
-    x = x.detach().clone().requires_grad_(True)
-    y = module(x)
-    params = [p for p in (module.weight, module.bias) if p is not None]
-    grads = torch.autograd.grad(y, [x, *params], g)
-    return y, grads
-
-
-def _bound(module, x, y_ref):
-    """The tolerance above, elementwise (float64)."""
-    w = module.weight.detach().double().abs()
-    xa = x.detach().double().abs()
-    padding = module.padding
-    if module.padding_mode != "zeros":
-        xa = F.pad(xa, module._reversed_padding_repeated_twice, mode=module.padding_mode)
-        padding = 0
-    mass = F.conv2d(xa, w, None, module.stride, padding, module.dilation, module.groups)
-    b = module.bias.detach().double() if module.bias is not None else torch.zeros(w.shape[0])
-    mass = mass + (b + module.in_shift).abs().view(1, -1, 1, 1)
-    n = w.shape[1] * w.shape[2] * w.shape[3] + 2
-    gamma = n * U / (1 - n * U)
-    return 2 * gamma * module.scale * mass + U * y_ref.detach().double().abs()
-
-
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
-def test_fused_matches_the_composition_on_a_dyadic_grid(config, layout):
-    groups, stride, dilation, padding, mode, bias, k = config
-    gen = torch.Generator().manual_seed(CONFIGS.index(config))
-    fused, unfused = _pair(kernel_size=k, stride=stride, padding=padding, dilation=dilation,
-                           groups=groups, bias=bias, padding_mode=mode, slope=0.25, scale=1.37,
-                           in_shift=1 / 256)  # z = k/64 + 1/256 is never 0: its sign is clear
-    with torch.no_grad():
-        fused.weight.copy_(_dyadic(fused.weight.shape, gen))
-        if bias:
-            fused.bias.copy_(_dyadic(fused.bias.shape, gen, step=1 / 16))
-        unfused.load_state_dict(fused.state_dict())
-    x = _dyadic((3, 8, 11, 9), gen)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        shape = unfused(x).shape
-    grad = _dyadic(shape, gen)
-    y_u, g_u = _run(unfused, x, grad)
-    y_f, g_f = _run(fused, x, grad)
-    assert y_f.grad_fn.name() == FUSED_NODE and y_u.grad_fn.name() != FUSED_NODE
-    assert y_f.stride() == y_u.stride() and y_f.shape == y_u.shape
-    err = (y_f.double() - y_u.double()).abs()
-    assert (err <= _bound(fused, x, y_u)).all(), err.max()
-    assert err.max() > 0 or fused.scale == 1  # the folded scale does change the rounding
-    for a, b in zip(g_f, g_u):
-        assert torch.equal(a, b)
+@pytest.mark.parametrize("dtype", conv_cases.DTYPES, ids=str)
+@pytest.mark.parametrize("case", conv_cases.CASES, ids=lambda c: c.id)
+def test_fused_matches_the_composition_on_the_grid(case, dtype):
+    r = conv_cases.compare(case, dtype, seed=conv_cases.CASES.index(case))
+    assert r["fused"] == r["expect_fused"]
+    assert r["ratio"] <= 1, r
+    assert r["grads_equal"] and r["layout_kept"], r
+    if r["fused"]:
+        assert r["max_err"] > 0  # the folded scale does change the rounding: the check can fail
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -109,7 +47,7 @@ def test_random_inputs_within_the_stated_tolerance(layout):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     y_f, y_u = fused(x), unfused(x)
-    assert ((y_f.double() - y_u.double()).abs() <= _bound(fused, x, y_u)).all()
+    assert ((y_f.double() - y_u.double()).abs() <= forward_bound(fused, x, y_u)).all()
 
 
 @pytest.mark.parametrize("case", ["float64", "bfloat16", "float16", "mask", "slope<0",
@@ -215,7 +153,7 @@ def test_inference_mode_and_no_grad_use_the_fused_primitive():
     with torch.no_grad():
         b = fused(x)
     assert torch.equal(a, b)
-    assert ((a.double() - ref.double()).abs() <= _bound(fused, x, ref)).all()
+    assert ((a.double() - ref.double()).abs() <= forward_bound(fused, x, ref)).all()
 
 
 def test_grid_of_layouts_strides_and_dtypes_never_errors():
