@@ -19,6 +19,7 @@ from torch import nn
 
 from tat_ext import _extension
 from tat_ext._checks import check_float_param, resolve_save
+from tat_ext.errors import UserError
 from tat_ext.ops import trelu
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ def fused_conv_default() -> bool:
     try:
         return _SWITCH[value.strip().lower()]
     except KeyError:
-        raise ValueError(f"{FUSED_CONV_ENV}={value!r}: use 1/on/true/yes or 0/off/false/no") \
-            from None
+        raise UserError(FUSED_CONV_ENV, f"{FUSED_CONV_ENV}={value!r}: use 1/on/true/yes or "
+                                        "0/off/false/no") from None
 
 
 def trelu_scale(slope: float) -> float:

@@ -26,9 +26,11 @@ import torch
 import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.tools import cases, conv_cases
-from tat_ext.tools.common import (UsageError, check_writable_file, cuda_devices, describe_device,
-                                  environment, format_table, progress_bar, resolve_device,
-                                  write_json_atomic)
+from tat_ext.tools.common import UsageError, format_table
+from tat_ext.utils.devices import cuda_devices, resolve_device
+from tat_ext.utils.files import check_writable_file, write_json_atomic
+from tat_ext.utils.machine import describe_device, environment
+from tat_ext.utils.progress import progress_bar
 
 __all__ = ["run_verify", "VerifyResult", "add_arguments", "main", "INJECT_ENV", "INJECTIONS"]
 
@@ -274,7 +276,7 @@ def _verify_device(rec: _Recorder, device: torch.device, quick: bool, seed: int,
     plan = _plan(device, quick, layouts)
     determinism = _determinism_plan(quick, layouts)
     total = sum(len(s.runs) for s in plan) + len(determinism)
-    with progress_bar(total, f"verify {dev}", "case", enabled=progress) as bar:
+    with progress_bar(total=total, desc=f"verify {dev}", unit="case", disable=not progress) as bar:
         for s in plan:
             inputs_cpu = _make(s.layout, s.dtype, s.bias_kind, "cpu", seed)
             inputs = inputs_cpu if device.type == "cpu" else _make(s.layout, s.dtype, s.bias_kind,
@@ -300,7 +302,8 @@ def _verify_fused_conv(rec: _Recorder, quick: bool, seed: int, progress: bool) -
     if quick:
         plan = [(c, d) for i, (c, d) in enumerate(plan) if i % 3 == 0 and d == torch.float32]
         plan += [(conv_cases.CASES[1], torch.float64), (conv_cases.CASES[-1], torch.bfloat16)]
-    with progress_bar(len(plan), "verify fused conv", "case", enabled=progress) as bar:
+    with progress_bar(total=len(plan), desc="verify fused conv", unit="case",
+                      disable=not progress) as bar:
         for case, dtype in plan:
             r = conv_cases.compare(case, dtype, seed=_seed(seed, case.id, dtype))
             name, where = _dtype_name(dtype), f"{case.id} {_dtype_name(dtype)}"
