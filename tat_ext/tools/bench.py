@@ -43,7 +43,6 @@ from typing import Dict, List, Optional
 
 import torch
 
-from tat_ext.nn import TATConv2d
 from tat_ext.tools import overhead, workloads
 from tat_ext.tools.common import (DTYPE_NAMES, Report, UsageError, format_table, human_count, parse_dtype,
                                   require_extension, set_threads)
@@ -336,9 +335,7 @@ def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str) 
     for name in s.variants:
         base = unfused if name in ("eager", "compile") else fused
         model = copy.deepcopy(base)  # every variant starts from the same weights
-        for m in model.modules():  # "fused" is the activation alone; "fused-conv" adds the conv
-            if isinstance(m, TATConv2d):
-                m.fused_conv = name == "fused-conv"
+        workloads.set_fused_conv(model, name == "fused-conv")
         if name.endswith("compile"):
             torch._dynamo.reset()
             model = torch.compile(model)
