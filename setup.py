@@ -7,11 +7,12 @@ that is already installed. Environment switches:
                           nvcc is found, `1` always (fails without nvcc), `0` never.
   TORCH_CUDA_ARCH_LIST    GPU targets; default "9.0+PTX" (sm_90 code for H100/H200, plus PTX
                           that newer GPUs JIT-compile).
-  TAT_EXT_MARCH           -march for the C++ code; default "native" (the extension is built on
-                          the machine that runs it). With AVX2+FMA (or AVX-512 F/BW/VL/DQ) in
-                          the target, at::vec uses its intrinsics instead of its generic loops.
-                          Set e.g. "x86-64-v3" for a binary shared across machines, or
-                          "baseline" for the compiler's default target.
+  TAT_EXT_CPU_VARIANTS    the CPU kernel variants (default "default,avx2,avx512" on x86-64): each
+                          is compiled with its own instruction-set flags and chosen at run time
+                          (TAT_EXT_CPU_CAPABILITY forces one); "default" alone is the generic
+                          build with no instruction-set flags (build_flags.py).
+  TAT_EXT_MARCH           opt-in -march for all C++ code, e.g. "native" (only for the machine
+                          that builds it); unset by default: baseline x86-64 plus the variants.
   TAT_EXT_DEBUG=1         -O0 -g instead of -O3 -g0.
 """
 import glob
@@ -21,6 +22,9 @@ import subprocess
 import sys
 
 from setuptools import setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_flags  # noqa: E402  (next to this file; not part of the package)
 
 import torch
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -99,25 +103,27 @@ def _want_cuda() -> bool:
     return True
 
 
-def _cpu_target_flags() -> tuple[list[str], list[tuple[str, str | None]]]:
-    """-march flags and the at::vec capability macros its instruction set supports."""
-    march = os.environ.get("TAT_EXT_MARCH", "native").strip()
-    if march in ("", "baseline") or not any(m in os.uname().machine for m in ("x86", "amd64")):
-        return [], []
-    flags = [f"-march={march}"]
-    compiler = os.environ.get("CXX", "c++")
-    try:
-        out = subprocess.run([compiler, *flags, "-dM", "-E", "-x", "c++", "-"], input="",
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise SystemExit(f"TAT_EXT_MARCH={march!r} is not accepted by {compiler}: {exc}")
-    isa = {line.split()[1] for line in out.splitlines() if line.startswith("#define __")}
-    avx512 = {"__AVX512F__", "__AVX512BW__", "__AVX512VL__", "__AVX512DQ__", "__FMA__"}
-    if avx512 <= isa:
-        return flags, [("CPU_CAPABILITY", "AVX512"), ("CPU_CAPABILITY_AVX512", None)]
-    if {"__AVX2__", "__FMA__"} <= isa:
-        return flags, [("CPU_CAPABILITY", "AVX2"), ("CPU_CAPABILITY_AVX2", None)]
-    return flags, []
+class _BuildExt(BuildExtension):
+    """BuildExtension plus per-source flags: each CPU kernel variant (build_flags.VARIANTS) is
+    compiled on its own with its instruction-set flags, then linked in with the other objects.
+    The baseline variant comes first in the link: for an inline function that several variants
+    emit out of line, the linker keeps the first copy, so the baseline code never runs an
+    instruction its CPU may lack (our own inline code is kept apart per instruction set anyway,
+    see TAT_ISA_BEGIN in csrc/trelu_math.h)."""
+
+    def build_extension(self, ext):
+        variants = getattr(ext, "cpu_variants", [])
+        args = ext.extra_compile_args
+        objects = []
+        for v in variants:
+            flags = list(v.flags)
+            extra = dict(args, cxx=args["cxx"] + flags) if isinstance(args, dict) else args + flags
+            objects += self.compiler.compile(
+                [v.source], output_dir=self.build_temp, macros=ext.define_macros + list(v.macros),
+                include_dirs=ext.include_dirs, debug=self.debug, extra_postargs=extra,
+                depends=ext.depends)
+        ext.extra_objects = objects + [o for o in ext.extra_objects if o not in objects]
+        super().build_extension(ext)
 
 
 def _extension():
@@ -126,7 +132,7 @@ def _extension():
     # -ffp-contract=off: no fused multiply-adds on the CPU, so kernels match the reference bit
     # for bit in fp32; -fopenmp: at::parallel_for is single-threaded without it.
     cxx = opt + ["-fopenmp", "-ffp-contract=off"]  # the C++ standard is torch's choice
-    march_flags, capability = _cpu_target_flags()
+    march_flags, variants = build_flags.plan()
     cxx += march_flags
     sources = [
         "csrc/module.cpp",
@@ -137,10 +143,17 @@ def _extension():
     ]
     kwargs = dict(
         name="tat_ext._C",
-        define_macros=capability,
+        define_macros=build_flags.presence_macros(variants),
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_link_args=["-fopenmp"],
     )
+    ext = _make_extension(kwargs, sources, cxx, debug)
+    ext.cpu_variants = variants
+    ext.depends = sorted(glob.glob("csrc/**/*.h", root_dir=ROOT, recursive=True))
+    return ext
+
+
+def _make_extension(kwargs, sources, cxx, debug):
     if _want_cuda():
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
         nvcc = (["-O0", "-g", "-G"] if debug else ["-O3"]) + ["-lineinfo"]
@@ -155,5 +168,5 @@ def _extension():
 
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt.with_options(use_ninja=True)},
 )

@@ -7,7 +7,9 @@ variant in one run from the same weights):
   memory <= 0.65x eager's (bytes saved for backward on the CPU, where the allocator's peak is not
   observable; peak memory on CUDA);
 - "digits99": the 99-layer 16-channel conv net at the digits' 8x8 (64x16x8x8 activations):
-  fused step time <= 0.9x eager's.
+  fused step time <= 0.9x eager's;
+- and for the fused conv (issue 16; "fused-conv", CPU fp32): ResNet-50 step >= 1.25x eager's
+  throughput and no_grad forward >= 1.3x, digits99 step <= 0.8x eager's time.
 
     python bench/bench_train.py [--device cpu|cuda] [--threads N] [--out DIR] [--workloads ...]
 
@@ -39,9 +41,10 @@ def verdicts(workload: str, record: dict, device: str) -> list:
     """(goal, measured, met) for one measured configuration."""
     v, x = record["variants"], record["speedup"]
     where = f"{workload} {record['dtype']} {record['layout']}"
+    conv = _fused_conv_verdicts(workload, record, where)
     if workload == "digits99":
         ratio = v["fused"]["step"]["median_ms"] / v["eager"]["step"]["median_ms"]
-        return [(f"{where}: fused step <= 0.9x eager", f"{ratio:.2f}x", ratio <= 0.9)]
+        return [(f"{where}: fused step <= 0.9x eager", f"{ratio:.2f}x", ratio <= 0.9)] + conv
     memory = "peak_bytes" if device.startswith("cuda") else "saved_bytes"
     mem = v["fused"][memory] / v["eager"][memory] if v["eager"][memory] else float("nan")
     out = [(f"{where}: fused >= 1.15x eager throughput", f"{x['fused_vs_eager']['step']:.2f}x",
@@ -50,7 +53,21 @@ def verdicts(workload: str, record: dict, device: str) -> list:
     if "fused_vs_compile" in x:
         out.append((f"{where}: fused >= 1.0x torch.compile", f"{x['fused_vs_compile']['step']:.2f}x",
                      x["fused_vs_compile"]["step"] >= 1.0))
-    return out
+    return out + conv
+
+
+def _fused_conv_verdicts(workload: str, record: dict, where: str) -> list:
+    """The fused conv's goals (issue 16), when the run measured it."""
+    if "fused-conv" not in record["variants"]:
+        return []
+    x = record["speedup"]["fused-conv_vs_eager"]
+    if workload == "digits99":
+        ratio = 1 / x["step"]
+        return [(f"{where}: fused-conv step <= 0.8x eager", f"{ratio:.2f}x", ratio <= 0.8)]
+    return [(f"{where}: fused-conv >= 1.25x eager throughput", f"{x['step']:.2f}x",
+             x["step"] >= 1.25),
+            (f"{where}: fused-conv no_grad forward >= 1.3x eager", f"{x['forward_no_grad']:.2f}x",
+             x["forward_no_grad"] >= 1.3)]
 
 
 def main(argv=None) -> int:

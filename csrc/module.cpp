@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "cpu/cpu_dispatch.h"
 #include "op_handles.h"
 
 namespace {
@@ -27,6 +28,19 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "tat_ext compiled kernels (operators live under torch.ops.tat_ext)";
   m.def("trelu", &trelu_entry, "tat_ext::trelu(x, bias, slope, scale, in_shift, out_shift, "
         "channel_dim, save) for plain tensors", pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("cpu_capability", [] {
+          try {
+            return tat_ext::cpu::active_capability();
+          } catch (const c10::ValueError& e) {  // a bad TAT_EXT_CPU_CAPABILITY: Python's ValueError
+            throw pybind11::value_error(e.what_without_backtrace());
+          }
+        },
+        "The instruction set of the CPU kernels in use: the best one this CPU supports, or the "
+        "one TAT_EXT_CPU_CAPABILITY forces (ValueError naming it when it cannot)");
+  m.def("supported_cpu_capabilities", &tat_ext::cpu::supported_capabilities,
+        "The compiled CPU kernel instruction sets this CPU can run, best last");
+  m.def("compiled_cpu_capabilities", &tat_ext::cpu::compiled_capabilities,
+        "The CPU kernel instruction sets compiled into this build");
 #ifdef TAT_EXT_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

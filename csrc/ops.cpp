@@ -12,6 +12,15 @@ TORCH_LIBRARY(tat_ext, m) {
   m.def(
       "trelu(Tensor x, Tensor? bias, float slope, float scale=1., float in_shift=0., "
       "float out_shift=0., int channel_dim=1, str save=\"auto\") -> Tensor");
+  // Conv2d (no bias in the conv) followed by trelu with `bias` on the channels, for 4-D x:
+  // y = trelu(conv2d(x, weight), bias, ...). On the CPU, in fp32, when save is "auto" or
+  // "output" and reading the sign back from y is exact, one oneDNN conv+bias+LReLU primitive with
+  // the scale folded into weight and bias (csrc/autograd/conv_trelu.cpp); otherwise exactly the
+  // composition. Differentiable like trelu.
+  m.def(
+      "conv_trelu(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, float slope, float scale=1., float in_shift=0., "
+      "float out_shift=0., str save=\"auto\") -> Tensor");
   // The kernels below the autograd layer. Returns (y, mask); mask holds the packed signs of the
   // pre-activation when save_kind == 2 (see trelu_math.h), else it is empty. y has x's strides
   // when x is dense.

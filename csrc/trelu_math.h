@@ -18,6 +18,18 @@
 #define TAT_HD inline
 #endif
 
+// The CPU kernels are compiled once per instruction set (csrc/cpu/isa/, build_flags.py). Every
+// inline function such a translation unit compiles lives in a namespace named after its
+// instruction set (CPU_CAPABILITY, as in ATen's at::vec), so the linker never swaps an AVX-512
+// copy of a shared inline function into baseline code. Types carry no code: they stay shared.
+#if defined(TAT_EXT_ISA_KERNELS)
+#define TAT_ISA_BEGIN inline namespace CPU_CAPABILITY {
+#define TAT_ISA_END }
+#else
+#define TAT_ISA_BEGIN
+#define TAT_ISA_END
+#endif
+
 namespace tat_ext {
 
 // What forward keeps for backward (mirrors SAVE_KIND in tat_ext/_checks.py). Here rather than in
@@ -37,6 +49,8 @@ struct TReluCoeffs {
   acc_t pos_grad;  // scale
   acc_t neg_grad;  // scale * slope, rounded once from double on the host
 };
+
+TAT_ISA_BEGIN
 
 TAT_HD bool tat_positive(float v) { return v > 0.0f; }
 TAT_HD bool tat_positive(double v) { return v > 0.0; }
@@ -61,6 +75,8 @@ template <typename V, typename M, typename acc_t>
 TAT_HD V trelu_grad(const V& grad_y, const M& z_positive, const TReluCoeffs<acc_t>& k) {
   return grad_y * tat_select(z_positive, V(k.pos_grad), V(k.neg_grad));
 }
+
+TAT_ISA_END
 
 // Bit-packed sign mask (save="mask"): bit (i % 32) of 32-bit word i / 32 holds z_i > 0, for the
 // element at memory offset i. Words are little-endian, so byte j's bit b is element 8*j + b.

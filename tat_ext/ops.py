@@ -118,6 +118,13 @@ if _extension.AVAILABLE:
                     save="auto"):
         return torch.empty_like(x)
 
+    @torch.library.register_fake("tat_ext::conv_trelu")
+    def _conv_trelu_fake(x, weight, bias, stride, padding, dilation, groups, slope, scale=1.0,
+                         in_shift=0.0, out_shift=0.0, save="auto"):
+        # The composition's output (the fused path gives y the same layout).
+        return torch.empty_like(torch.ops.aten.convolution(
+            x, weight, None, stride, padding, dilation, False, [0, 0], groups))
+
     @torch.library.register_fake("tat_ext::trelu_forward")
     def _trelu_forward_fake(x, bias, slope, scale, in_shift, out_shift, channel_dim, save_kind):
         n = _mask_numel(x.numel()) if save_kind == SAVE_KIND["mask"] else 0

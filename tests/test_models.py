@@ -213,9 +213,13 @@ def test_small_input_strides_keep_an_8x8_map():
 
 
 @pytest.mark.parametrize("family", ["vanilla_resnet", "vanilla_mlp"])
-def test_unfused_build_is_the_same_network_from_plain_ops(family):
+def test_unfused_build_is_the_same_network_from_plain_ops(family, monkeypatch):
     """fused=False: conv/linear with bias + scale * leaky_relu, same state_dict and function."""
     from tat_ext.models.layers import EagerTReLU
+
+    # The fused activation alone: the fused conv's folded scale changes the rounding, which
+    # tests/test_fused_conv.py holds to its own tolerance.
+    monkeypatch.setenv("TAT_EXT_FUSED_CONV", "0")
 
     torch.manual_seed(0)
     if family == "vanilla_resnet":

@@ -29,6 +29,7 @@
 
 #include "../op_handles.h"
 #include "../trelu_plan.h"
+#include "op_handles.h"
 
 namespace tat_ext::autograd {
 namespace {

@@ -9,7 +9,8 @@
 
 #include <tuple>
 
-namespace tat_ext::cpu {
+// Per instruction set (see TAT_ISA_BEGIN in trelu_math.h): included by the kernels of cpu/isa/.
+namespace tat_ext::cpu::CPU_CAPABILITY {
 
 using at::vec::Vectorized;
 
@@ -43,4 +44,4 @@ struct AccIO<c10::Half> : ReducedAccIO<c10::Half> {};
 template <>
 struct AccIO<c10::BFloat16> : ReducedAccIO<c10::BFloat16> {};
 
-}  // namespace tat_ext::cpu
+}  // namespace tat_ext::cpu::CPU_CAPABILITY

@@ -8,7 +8,8 @@
 
 #include <vector>
 
-namespace tat_ext::cpu {
+// Per instruction set (see TAT_ISA_BEGIN in trelu_math.h): included by the kernels of cpu/isa/.
+namespace tat_ext::cpu::CPU_CAPABILITY {
 
 // bias rounded to acc_t, then in_shift (rounded to acc_t) added: the reference's rounding.
 // Without a bias, the single value in_shift.
@@ -26,4 +27,4 @@ std::vector<acc_t> channel_offsets(const c10::optional<at::Tensor>& bias, double
   return out;
 }
 
-}  // namespace tat_ext::cpu
+}  // namespace tat_ext::cpu::CPU_CAPABILITY

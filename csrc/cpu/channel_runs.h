@@ -8,7 +8,8 @@
 
 #include "../trelu_plan.h"
 
-namespace tat_ext::cpu {
+// Per instruction set (see TAT_ISA_BEGIN in trelu_math.h): included by the kernels of cpu/isa/.
+namespace tat_ext::cpu::CPU_CAPABILITY {
 
 // How the channel changes along memory.
 enum class RunShape {
@@ -132,4 +133,4 @@ TileGrid make_tiles(const ChannelLayout& l, const RunPlan<acc_t>& runs) {
   return g;
 }
 
-}  // namespace tat_ext::cpu
+}  // namespace tat_ext::cpu::CPU_CAPABILITY

@@ -5,7 +5,8 @@
 
 #include <cstdint>
 
-namespace tat_ext::cpu {
+// Per instruction set (see TAT_ISA_BEGIN in trelu_math.h): included by the kernels of cpu/isa/.
+namespace tat_ext::cpu::CPU_CAPABILITY {
 
 // Bits of the lanes of a compare result (all-ones lanes -> 1). zero_mask() flags the lanes
 // that are exactly 0.0, i.e. the false ones.
@@ -42,4 +43,4 @@ inline at::vec::Vectorized<T> bits_to_lanes(uint64_t bits) {
   return Vec::loadu(lanes) > Vec(T(0));
 }
 
-}  // namespace tat_ext::cpu
+}  // namespace tat_ext::cpu::CPU_CAPABILITY

@@ -10,9 +10,10 @@
     saved for backward per element (inputs and the output not counted), and on CUDA kernel
     launches per fwd+bwd and the time per call when calls are issued back to back.
 (b) model: training steps (forward, cross-entropy, backward, SGD) of a deep vanilla net built from
-    nn.Conv2d + leaky_relu (eager), torch.compile of it (compile), and tat_ext.nn.TATConv2d
-    (fused; fused-compile on request), same weights: step time, peak memory, saved-for-backward
-    bytes, kernel launches (CUDA).
+    nn.Conv2d + leaky_relu (eager), torch.compile of it (compile), tat_ext.nn.TATConv2d with the
+    fused activation (fused; fused-compile on request) and with conv, bias and activation in one
+    oneDNN primitive (fused-conv: TATConv2d's fused_conv, CPU fp32), same weights: step time,
+    no_grad forward time, peak memory, saved-for-backward bytes, kernel launches (CUDA).
 
 Writes OUT/bench.json (rewritten atomically after every configuration, so an interrupted run
 keeps what it measured), OUT/report.txt (the printed tables), OUT/activation_gbs.png and
@@ -57,7 +58,7 @@ __all__ = ["add_arguments", "main", "PRESETS"]
 ACTIVATION_VARIANTS = ("eager", "compile", "fused")
 # Marks a timing whose spread (half the interquartile range) exceeds its median: not to be trusted.
 NOISY_MARK = "*"
-MODEL_VARIANTS = ("eager", "compile", "fused", "fused-compile")
+MODEL_VARIANTS = ("eager", "compile", "fused", "fused-compile", "fused-conv")
 PARTS = ("activation", "model", "overhead")
 OVERHEAD_SIZES = (256, 2048, 8192)  # elements: where a call's fixed cost dominates
 _BACK_TO_BACK_CALLS = 100
@@ -97,8 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="activation forms: trelu (scale*leaky_relu(x+b)), shifted (with "
                              "in_shift/out_shift), or trelu,shifted (default trelu)")
     parser.add_argument("--variants", help=f"model variants from {', '.join(MODEL_VARIANTS)} "
-                                           "(default eager,compile,fused; the activation part "
-                                           "runs the first three)")
+                                           "(default eager,compile,fused,fused-conv; the "
+                                           "activation part runs the first three)")
     parser.add_argument("--model",
                         help=f"model for the training step: {', '.join(workloads.MODELS)} "
                              "(default conv-chain; the gpu preset: vanilla-resnet)")
@@ -174,7 +175,8 @@ def _settings(args: argparse.Namespace) -> _Settings:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     parts = _choices(args.part, PARTS, "--part")
-    variants = _choices(args.variants or "eager,compile,fused", MODEL_VARIANTS, "--variants")
+    variants = _choices(args.variants or "eager,compile,fused,fused-conv", MODEL_VARIANTS,
+                        "--variants")
     if "eager" not in variants:
         raise UsageError("--variants", "eager is the baseline every ratio refers to; keep it")
     # Checked even when only the activation part runs: a bad option is never silently ignored.
@@ -335,20 +337,26 @@ def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str) 
     for name in s.variants:
         base = unfused if name in ("eager", "compile") else fused
         model = copy.deepcopy(base)  # every variant starts from the same weights
+        workloads.set_fused_conv(model, name == "fused-conv")
         if name.endswith("compile"):
             torch._dynamo.reset()
             model = torch.compile(model)
         step = workloads.make_train_step(model, batch, target)
         loss = step().item()  # also the compilation, outside the timing
         t = timer(step)
+        with torch.no_grad():
+            model(batch)  # a no_grad graph of its own for torch.compile, outside the timing
+            t_fwd = timer(lambda: model(batch))
         params = list(model.parameters())
         saved = saved_bytes(lambda: model(batch), exclude=params + [batch])
         record["variants"][name] = {
-            "step": t.to_json(), "loss_first_step": loss, "saved_bytes": saved,
+            "step": t.to_json(), "forward_no_grad": t_fwd.to_json(), "loss_first_step": loss,
+            "saved_bytes": saved,
             "peak_bytes": peak_memory(step, device),
             "kernel_launches": kernel_launches(step, device)}
         del model, step
-    record["speedup"] = _speedups({k: {"step": v["step"]["median_ms"]}
+    record["speedup"] = _speedups({k: {"step": v["step"]["median_ms"],
+                                        "forward_no_grad": v["forward_no_grad"]["median_ms"]}
                                    for k, v in record["variants"].items()})
     losses = [v["loss_first_step"] for v in record["variants"].values()]
     record["losses_agree"] = max(losses) - min(losses) <= 1e-3 * max(1.0, abs(losses[0])) * (
@@ -449,13 +457,15 @@ def model_table(records: List[dict]) -> str:
                          r["dtype"], r["layout"], name, _ms(v["step"]),
                          _ratio(sp.get(f"{name}_vs_eager", {}).get("step")),
                          _ratio(sp.get(f"{name}_vs_compile", {}).get("step")),
+                         _ms(v["forward_no_grad"]),
+                         _ratio(sp.get(f"{name}_vs_eager", {}).get("forward_no_grad")),
                          _mib(v["peak_bytes"]), _mib(v["saved_bytes"]),
                          "-" if v["kernel_launches"] is None else str(v["kernel_launches"]),
                          f"{v['loss_first_step']:.4f}"])
     stats = [v["step"] for r in records for v in r["variants"].values()]
     return format_table(["model", "dtype", "layout", "variant", "step ms", "x eager", "x compile",
-                         "peak MiB", "saved MiB", "launches", "loss"], rows,
-                        right=[False] * 4 + [True] * 7) + _noisy_note(stats)
+                         "no_grad fwd ms", "fwd x eager", "peak MiB", "saved MiB", "launches",
+                         "loss"], rows, right=[False] * 4 + [True] * 9) + _noisy_note(stats)
 
 
 def main(args: argparse.Namespace) -> int:

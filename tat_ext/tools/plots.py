@@ -9,7 +9,7 @@ from tat_ext.utils.plots import pyplot, save_png
 __all__ = ["draw"]
 
 _COLORS = {"eager": "tab:gray", "compile": "tab:blue", "fused": "tab:red",
-           "fused-compile": "tab:orange", "copy_": "black"}
+           "fused-compile": "tab:orange", "fused-conv": "tab:purple", "copy_": "black"}
 
 
 def draw(doc: dict, out: str) -> List[str]:

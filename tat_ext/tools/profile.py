@@ -137,6 +137,7 @@ def _settings(args: argparse.Namespace):
 def _profile_variant(device, spec, dtype, layout, variant, steps, warmup, trace_path):
     unfused, fused = workloads.model_pair(spec, device, dtype, layout)
     model = fused if variant.startswith("fused") else unfused
+    workloads.set_fused_conv(model, False)  # the fused activation alone, as in `tat-ext bench`
     if variant.endswith("compile"):
         torch._dynamo.reset()
         model = torch.compile(model)

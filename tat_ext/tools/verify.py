@@ -5,7 +5,9 @@ save modes) on the CPU and each CUDA device: forward, grad_x and grad_bias of `t
 against `tat_ext.reference.trelu` evaluated on the CPU, each held to the tolerance rule that
 cases.py documents; two runs of every case must agree bit for bit (on the CPU the second run of
 the large determinism cases uses one thread); fp16/bf16 errors against an fp64 reference must stay
-within twice PyTorch's own. Exit status 0 when everything passed, 1 on any mismatch.
+within twice PyTorch's own. On the CPU it also holds TATConv2d's fused conv to the unfused
+composition (tat_ext/tools/conv_cases.py: the "fused conv" rows). Exit status 0 when everything
+passed, 1 on any mismatch.
 
 The environment variable TAT_EXT_VERIFY_INJECT=forward|grad_x|grad_bias perturbs the reference of
 one case just beyond its tolerance: a self-test showing that the checker catches it (exit 1).
@@ -22,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from tat_ext import _extension, ops, reference
-from tat_ext.tools import cases
+from tat_ext.tools import cases, conv_cases
 from tat_ext.tools.common import UsageError, format_table
 from tat_ext.utils.devices import cuda_devices, resolve_device
 from tat_ext.utils.files import check_writable_file, write_json_atomic
@@ -35,7 +37,9 @@ INJECT_ENV = "TAT_EXT_VERIFY_INJECT"
 INJECTIONS = ("forward", "grad_x", "grad_bias")
 _MAX_FAILURES_SHOWN = 20
 _LOW_PRECISION = "vs fp64 (<= 2x eager's)"
-_CHECK_ORDER = ["extension", "forward", "grad_x", "grad_bias", "determinism", _LOW_PRECISION]
+_CONV_FORWARD, _CONV_GRADS = "fused conv forward", "fused conv grads"
+_CHECK_ORDER = ["extension", "forward", "grad_x", "grad_bias", "determinism", _LOW_PRECISION,
+                _CONV_FORWARD, _CONV_GRADS]
 
 
 @dataclasses.dataclass
@@ -289,6 +293,35 @@ def _verify_device(rec: _Recorder, device: torch.device, quick: bool, seed: int,
             bar.update()
 
 
+def _verify_fused_conv(rec: _Recorder, quick: bool, seed: int, progress: bool) -> None:
+    """TATConv2d fused_conv=True vs False (tat_ext/tools/conv_cases.py): fp32 takes the oneDNN
+    primitive, within the tolerance derived there, with bitwise gradients; fp64 and bf16 must
+    take exactly the unfused path. Quick: every third case in fp32, one in each other dtype."""
+    plan = [(c, d) for d in conv_cases.DTYPES for c in conv_cases.CASES]
+    if quick:
+        plan = [(c, d) for i, (c, d) in enumerate(plan) if i % 3 == 0 and d == torch.float32]
+        plan += [(conv_cases.CASES[1], torch.float64), (conv_cases.CASES[-1], torch.bfloat16)]
+    with progress_bar(total=len(plan), desc="verify fused conv", unit="case",
+                      disable=not progress) as bar:
+        for case, dtype in plan:
+            r = conv_cases.compare(case, dtype, seed=_seed(seed, case.id, dtype))
+            name, where = _dtype_name(dtype), f"{case.id} {_dtype_name(dtype)}"
+            path_ok = r["fused"] == r["expect_fused"]
+            path = "the fused primitive" if r["expect_fused"] else "the unfused path"
+            ok = r["ratio"] <= 1 and path_ok and r["layout_kept"]
+            rec.add("cpu", name, _CONV_FORWARD,
+                    "2*gamma(n+2)*scale*(|x|*|W|+|b|) + u|y|" if r["expect_fused"]
+                    else "bitwise (unfused path)", ok=ok, err=r["max_err"], ratio=r["ratio"],
+                    case=where, detail=(f"max |err| {r['max_err']:.3g}, {r['ratio']:.3g}x the "
+                                        "tolerance" if path_ok and r["layout_kept"] else
+                                        f"did not take {path}" if not path_ok
+                                        else "memory format not kept"))
+            rec.add("cpu", name, _CONV_GRADS, "bitwise", ok=r["grads_equal"], err=0.0,
+                    ratio=0.0 if r["grads_equal"] else float("inf"), case=where,
+                    detail="gradients differ from the unfused path's")
+            bar.update()
+
+
 def _check_determinism_large(rec, device, layout, dtype, save, seed) -> None:
     x, bias, grad = _make(layout, dtype, "fp32", device, seed)
     kw = dict(slope=0.1, scale=1.2, channel_dim=layout.channel_dim, save=save)
@@ -330,6 +363,8 @@ def run_verify(devices: Sequence[torch.device], *, quick: bool = False, seed: in
                     case="-", detail=problem)
             continue
         _verify_device(rec, device, quick, seed, _Injector(inject), progress, layouts)
+        if device.type == "cpu" and torch.backends.mkldnn.is_available():
+            _verify_fused_conv(rec, quick, seed, progress)
     names = [str(d) for d in devices]
     dtypes = ["-"] + [_dtype_name(d) for d in cases.DTYPES]
     rows = sorted(rec.rows.values(), key=lambda r: (names.index(r.device), dtypes.index(r.dtype),

@@ -32,8 +32,8 @@ from tat_ext.transform import solve_trelu
 
 __all__ = ["ACTIVATION_FORMS", "LAYOUTS", "MODELS", "ActivationForm", "activation_shape",
            "activation_variants", "ModelSpec", "ConvChain", "build_model", "model_pair",
-           "make_batch", "make_train_step", "model_bytes_estimate", "activation_bytes_estimate",
-           "check_fits", "sizes_from_text", "model_spec", "MODEL_DEFAULTS"]
+           "make_batch", "set_fused_conv", "make_train_step", "model_bytes_estimate",
+           "activation_bytes_estimate", "check_fits", "sizes_from_text", "model_spec", "MODEL_DEFAULTS"]
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 _ETA = 0.9  # the paper's default target C_f(0)
@@ -190,6 +190,14 @@ def model_pair(spec: ModelSpec, device: torch.device, dtype: torch.dtype, layout
     unfused.load_state_dict(fused.state_dict())
     fmt = LAYOUTS[layout]
     return tuple(m.to(device=device, dtype=dtype, memory_format=fmt) for m in (unfused, fused))
+
+
+def set_fused_conv(model: nn.Module, on: bool) -> None:
+    """TATConv2d.fused_conv on every layer: the "fused" variants measure the fused activation
+    alone (off), "fused-conv" the oneDNN conv+bias+activation primitive too (on)."""
+    for m in model.modules():
+        if isinstance(m, TATConv2d):
+            m.fused_conv = on
 
 
 def make_batch(spec: ModelSpec, device: torch.device, dtype: torch.dtype, layout: str,
