@@ -10,6 +10,7 @@ Public entry points:
     tat_ext.init, data            orthogonal (delta) initialization, per-location normalization
     tat_ext.diagnostics           checks of the kernel theory (and of the initialization) on a model
     tat_ext.models, datasets      vanilla TAT ResNets/MLPs and baselines; digits, CIFAR-10, synthetic
+    tat_ext.optim                 K-FAC (the paper's optimizer) for the project's layers
     tat_ext.train                 tat-ext train / compare: the training run, checkpoints, torchrun
     tat_ext.tools                 tat-ext verify / bench / profile
 
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 # Public submodules reachable as ``tat_ext.<name>`` without an explicit import (as torch.nn.init
 # is). Add new public submodules or subpackages here.
 _LAZY_SUBMODULES = ("activations", "cmaps", "data", "datasets", "diagnostics", "init", "models",
-                    "tools", "train", "transform")
+                    "optim", "tools", "train", "transform")
 
 
 def __getattr__(name: str) -> object:
