@@ -488,3 +488,20 @@ def test_misuse_gives_clear_errors():
         KFAC(_mlp(), 0.1).curvature_backward(torch.zeros(3))
     with pytest.raises(ValueError, match="not a KFAC state_dict"):
         opt.load_state_dict(torch.optim.SGD(model.parameters(), 0.1).state_dict())
+
+
+def test_factor_above_max_factor_dim_is_diagonal():
+    """A layer with dim A > max_factor_dim keeps diag(A): the update is G_d⁻¹ ∇W̄ diag(A_d)⁻¹."""
+    model = _mlp()
+    x, y = _data()
+    stats = _brute_stats(_mlp_spec(model), x, y)
+    got, opt = _kfac_update(model, [model[0], model[1], model[3]], x, y, max_factor_dim=5)
+    # dims A: 6, 5, 7 and G: 4, 6, 3
+    assert [f.a_sum.dim() for f in opt.factors] == [1, 2, 1] and [f.g_sum.dim() for f in opt.factors] == [2, 1, 2]
+    for i in (0, 2):
+        abar, g, _, grad = stats[i]
+        a, gg = (abar.square().sum(0) / 16), g.T @ g / 16
+        pi = math.sqrt((a.sum() / a.shape[0]) / (gg.trace() / gg.shape[0]))
+        r = math.sqrt(DAMPING)
+        expected = -LR * torch.linalg.inv(gg + r / pi * torch.eye(gg.shape[0], dtype=D)) @ grad / (a + pi * r)
+        assert _rel(got[i], expected) < 1e-10

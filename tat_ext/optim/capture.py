@@ -78,6 +78,8 @@ class Layer:
     bias: Optional[nn.Parameter]
     conv: bool
     factor_dtype: torch.dtype
+    diagonal_a: bool = False  # dim A above the optimizer's max_factor_dim: keep only diag(A)
+    diagonal_g: bool = False
     locations: int = 0  # T of the last captured call (1 for a linear layer on [N, in] inputs)
     stats: Statistics = field(default_factory=Statistics)
 
@@ -115,10 +117,10 @@ class Layer:
         return grad.reshape(-1, grad.shape[-1]).to(self.factor_dtype)
 
     def add_input(self, x: torch.Tensor) -> int:
-        """Add ā āᵀ of one call's input; returns its number of rows N·T."""
+        """Add ā āᵀ (or its diagonal) of one call's input; returns its number of rows N·T."""
         rows = self.input_rows(x.detach())
         s = self.stats
-        s.a_sum = rows.T @ rows if s.a_sum is None else s.a_sum.addmm_(rows.T, rows)
+        s.a_sum = _add_second_moment(s.a_sum, rows, self.diagonal_a)
         s.a_rows += rows.shape[0]
         return rows.shape[0]
 
@@ -130,11 +132,19 @@ class Layer:
             rows = torch.zeros(1, self.out_dim, dtype=self.factor_dtype, device=self.weight.device)
         else:
             rows = self.output_rows(tap.to_preactivation(grad.detach())) * per_example
-        s.g_sum = rows.T @ rows if s.g_sum is None else s.g_sum.addmm_(rows.T, rows)
+        s.g_sum = _add_second_moment(s.g_sum, rows, self.diagonal_g)
         s.g_rows += tap.rows
 
     def reset(self) -> None:
         self.stats = Statistics()
+
+
+def _add_second_moment(total: Optional[torch.Tensor], rows: torch.Tensor, diagonal: bool) -> torch.Tensor:
+    """total + rowsᵀ rows, or + its diagonal Σ rows² when ``diagonal``."""
+    if diagonal:
+        part = rows.square().sum(dim=0)
+        return part if total is None else total.add_(part)
+    return rows.T @ rows if total is None else total.addmm_(rows.T, rows)
 
 
 def _supported_conv(m: nn.Conv2d) -> bool:
@@ -228,8 +238,10 @@ def _batch(layer: Layer, x: torch.Tensor) -> int:
     return x.shape[0] if x.dim() > (3 if layer.conv else 1) else 1
 
 
-def find_layers(model: nn.Module, factor_dtype: Callable[[nn.Parameter], torch.dtype]) -> List[Layer]:
-    """The preconditioned layers of ``model`` in module order.
+def find_layers(model: nn.Module, factor_dtype: Callable[[nn.Parameter], torch.dtype],
+                max_factor_dim: Optional[int] = None) -> List[Layer]:
+    """The preconditioned layers of ``model`` in module order; a factor whose side exceeds
+    ``max_factor_dim`` is kept diagonal.
 
     Raises:
         ValueError: ``model`` is not a module, has no supported layer, or a parameter is shared
@@ -250,8 +262,10 @@ def find_layers(model: nn.Module, factor_dtype: Callable[[nn.Parameter], torch.d
         if _tap_kind(module) is None or not module.weight.requires_grad:
             continue
         bias = module.bias if module.bias is not None and module.bias.requires_grad else None
-        layers.append(Layer(name, module, module.weight, bias, isinstance(module, nn.Conv2d),
-                            factor_dtype(module.weight)))
+        layer = Layer(name, module, module.weight, bias, isinstance(module, nn.Conv2d), factor_dtype(module.weight))
+        if max_factor_dim is not None:
+            layer.diagonal_a, layer.diagonal_g = layer.in_dim > max_factor_dim, layer.out_dim > max_factor_dim
+        layers.append(layer)
     if not layers:
         raise ValueError("model: no layer K-FAC can precondition (nn.Linear, nn.Conv2d with groups=1 and zero "
                          "padding, TATLinear/TATConv2d, ActLinear/ActConv2d)")

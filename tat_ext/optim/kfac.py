@@ -79,6 +79,9 @@ class KFAC(torch.optim.Optimizer):
         weight_decay: an L2 term wd·W added to the gradient before preconditioning (kfac-jax's
             ``l2_reg``), not decoupled decay; it also enters ⟨P, ∇⟩.
         seed: keys the MC labels with the step and the example index (see :meth:`curvature_backward`).
+        max_factor_dim: a factor with more rows is kept as its diagonal (A or G alone; e.g. the
+            flatten head of the small-input nets, dim A = 16,385, whose full factor would take 1 GiB
+            and a minute per inverse on a CPU).
         first_order: overrides (``lr``, ``momentum``, ``weight_decay``) for the param group of
             the parameters K-FAC does not precondition (BatchNorm, grouped convs, ...).
 
@@ -95,7 +98,7 @@ class KFAC(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, lr: float, *, momentum: float = 0.9, damping: float = 1e-3,
                  curvature_ema: float = 0.99, curvature_update_period: int = 1, inverse_update_period: int = 50,
                  burnin_steps: int = 5, norm_constraint: Optional[float] = 1e-3, fisher: str = "mc",
-                 weight_decay: float = 0.0, seed: int = 0,
+                 weight_decay: float = 0.0, seed: int = 0, max_factor_dim: int = 4096,
                  first_order: Optional[Mapping[str, float]] = None) -> None:
         lr = check.real("lr", lr, gt=0)
         momentum = check.real("momentum", momentum, ge=0)
@@ -109,9 +112,10 @@ class KFAC(torch.optim.Optimizer):
                                                                                 norm_constraint, gt=0)
         self.fisher = check.one_of("fisher", fisher, FISHERS)
         self.seed = check.integer("seed", seed, ge=0)
+        self.max_factor_dim = check.integer("max_factor_dim", max_factor_dim, ge=1)
         overrides = self._first_order_overrides(first_order)
 
-        self.layers: List[Layer] = find_layers(model, _factor_dtype)
+        self.layers: List[Layer] = find_layers(model, _factor_dtype, self.max_factor_dim)
         preconditioned = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
         ids = {id(p) for p in preconditioned}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -119,8 +123,8 @@ class KFAC(torch.optim.Optimizer):
         if rest:
             groups.append({"params": rest, "kind": "first_order", **overrides})
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        self.factors = [Factors.zeros(layer.in_dim, layer.out_dim, layer.factor_dtype, layer.weight.device)
-                        for layer in self.layers]
+        self.factors = [Factors.zeros(layer.in_dim, layer.out_dim, layer.factor_dtype, layer.weight.device,
+                                      layer.diagonal_a, layer.diagonal_g) for layer in self.layers]
         self.steps = 0
         self._curvature_backward_done = False
         self._capture = Capture(self.layers, self._on_tap)
@@ -203,13 +207,12 @@ class KFAC(torch.optim.Optimizer):
             raise RuntimeError('fisher="mc": call optimizer.curvature_backward(logits) before loss.backward() on '
                                "every step (see KFAC.curvature_backward)")
         local = []
-        for layer in self.layers:
+        for layer, factors in zip(self.layers, self.factors):
             s = layer.stats
             if s.a_rows == 0:
                 local.append(None)
                 continue
-            g = s.g_sum / s.g_rows if s.g_rows else torch.zeros(layer.out_dim, layer.out_dim,
-                                                                 dtype=layer.factor_dtype, device=layer.weight.device)
+            g = s.g_sum / s.g_rows if s.g_rows else torch.zeros_like(factors.g_sum)
             local.append((s.a_sum / s.a_rows, g))
         if all(x is None for x in local):
             raise RuntimeError("K-FAC captured no layer statistics in this step: run the forward with gradients "
