@@ -213,7 +213,7 @@ class Capture:
                 for tap in layer.stats.taps[inside["taps"]:]:  # the pre-activation seen in this call
                     tap.batch, tap.rows = batch, rows
 
-        self._handles.append(m.register_forward_hook(on_output))
+        self._handles.append(m.register_forward_hook(torch.compiler.disable(on_output)))
         if kind == "activation":
             def enter(module: nn.Module, args: tuple) -> None:
                 inside["now"], inside["taps"] = True, len(layer.stats.taps)
@@ -223,8 +223,8 @@ class Capture:
                 if inside["now"] and self._active():
                     self._tap(layer, Tap(args[0], _identity, 0, 0))  # batch, rows: set on output
 
-            self._handles.append(m.register_forward_pre_hook(enter))
-            self._handles.append(m.activation.register_forward_pre_hook(on_preactivation))
+            self._handles.append(m.register_forward_pre_hook(torch.compiler.disable(enter)))
+            self._handles.append(m.activation.register_forward_pre_hook(torch.compiler.disable(on_preactivation)))
 
     def remove(self) -> None:
         """Remove every hook (the model is then as before the optimizer was built)."""
