@@ -1,0 +1,129 @@
+"""K-FAC's step time against Adam's (issue 14 item 5), on the depth-50 digits net and a vanilla
+ResNet-50, with the curvature updated every step and every 10 steps.
+
+A K-FAC step is forward + MC-Fisher backward (on curvature steps) + backward + update; every
+``inverse_update_period`` steps it also recomputes the damped inverses. The script times the steps
+(median over ``--steps`` after ``--warmup``, inverse recomputations excluded) and one inverse
+recomputation of all layers separately, and reports the amortized step time
+step + inverse / inverse_period. Adam is torch.optim.Adam on the same model and batch.
+
+Example (the committed bench/results/kfac_cost.md)::
+
+    OMP_NUM_THREADS=2 python bench/kfac_cost.py --out bench/results/kfac_cost.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from tat_ext.models import vanilla_resnet
+from tat_ext.optim import KFAC
+from tat_ext.train.files import atomic_write
+
+# (label, builder kwargs, batch, input side, input channels)
+NETS = {
+    "digits-50": (dict(depth=50, num_classes=10, width=8, in_channels=1, small_input=True, input_size=8), 128, 8, 1),
+    "resnet-50": (dict(depth=50, num_classes=10, width=64, in_channels=3, small_input=True, input_size=32), 16, 32, 3),
+}
+
+
+def _timed(fn: Callable[[], Any], steps: int, warmup: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(net: str, steps: int, warmup: int, inverse_period: int = 50) -> Dict[str, Any]:
+    kwargs, batch, side, channels = NETS[net]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, side, side, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    row: Dict[str, Any] = {"net": net, "batch": batch, "input": f"{channels}x{side}x{side}"}
+    torch.manual_seed(0)
+    model = vanilla_resnet(activation="trelu", **kwargs)
+    adam = torch.optim.Adam(model.parameters(), 1e-4)
+
+    def adam_step() -> None:
+        F.cross_entropy(model(x), y).backward()
+        adam.step()
+        adam.zero_grad(set_to_none=True)
+
+    row["adam_ms"] = 1e3 * statistics.median(_timed(adam_step, steps, warmup))
+    for period in (1, 10):
+        torch.manual_seed(0)
+        model = vanilla_resnet(activation="trelu", **kwargs)
+        # the inverses are timed apart: a period longer than the run keeps them out of the steps
+        opt = KFAC(model, 1e-5, curvature_update_period=period, inverse_update_period=10 ** 9, burnin_steps=0)
+
+        def kfac_step() -> None:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.curvature_backward(logits)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        # whole periods, so the mean holds the curvature steps in their proportion
+        times = _timed(kfac_step, max(steps, period) // period * period, warmup)
+        start = time.perf_counter()
+        for factors in opt.factors:
+            factors.invert(opt.damping)
+        inverse = time.perf_counter() - start
+        step = statistics.mean(times)
+        row[f"kfac_c{period}_ms"] = 1e3 * step
+        row[f"kfac_c{period}_i{inverse_period}_ms"] = 1e3 * (step + inverse / inverse_period)
+        row["inverse_ms"] = 1e3 * inverse
+        row["diagonal_factors"] = sum(f.a_sum.dim() == 1 for f in opt.factors) + sum(f.g_sum.dim() == 1
+                                                                                     for f in opt.factors)
+        row["layers"] = len(opt.factors)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON file; the Markdown table goes next to it")
+    parser.add_argument("--nets", default=",".join(NETS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = []
+    for net in args.nets.split(","):
+        rows.append(measure(net, args.steps, args.warmup))
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python bench/kfac_cost.py "
+                       f"--nets {args.nets} --steps {args.steps} --warmup {args.warmup}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
+    atomic_write(args.out, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    lines = [f"# K-FAC step time against Adam (CPU)", "", f"Command: `{meta['command']}`  ",
+             f"Machine: {meta['machine']}; {meta['threads']} torch threads; torch {meta['torch']}; {meta['date']}.",
+             "", "| net | batch | Adam ms | K-FAC curv. every step ms (×Adam) | K-FAC curv. every 10 ms (×Adam) "
+                 "| one inverse update ms | amortized, curv. 10 + inverses 50 (×Adam) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["adam_ms"]
+        lines.append(f"| {r['net']} ({r['layers']} layers, {r['diagonal_factors']} diagonal factors) | {r['batch']} "
+                     f"| {a:.0f} | {r['kfac_c1_ms']:.0f} ({r['kfac_c1_ms'] / a:.2f}) | {r['kfac_c10_ms']:.0f} "
+                     f"({r['kfac_c10_ms'] / a:.2f}) | {r['inverse_ms']:.0f} | {r['kfac_c10_i50_ms']:.0f} "
+                     f"({r['kfac_c10_i50_ms'] / a:.2f}) |")
+    text = "\n".join(lines) + "\n"
+    atomic_write(os.path.splitext(args.out)[0] + ".md", lambda f: f.write(text.encode()))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
