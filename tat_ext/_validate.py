@@ -2,9 +2,10 @@
 
 Each check accepts what PyTorch accepts for a Python scalar, numpy scalars included
 (``numbers.Integral`` / ``numbers.Real``, ``numpy.bool_``), and returns the plain Python value.
-A wrong type raises TypeError; a wrong value raises :class:`ArgumentValueError`, a ValueError that
-also records the argument's name (``error.argument``) so that a caller such as the command line can
-map it to its own option name.
+A wrong type raises TypeError; a wrong value raises :class:`ArgumentValueError`, a
+:class:`tat_ext.errors.UserError` (a ValueError) that also records the argument's name
+(``error.argument``), so that the command line can name its flag. Pass the flag itself as ``name``
+("--epochs") where the value came from one.
 """
 from __future__ import annotations
 
@@ -14,17 +15,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ArgumentValueError", "boolean", "integer", "one_of", "real", "real_array"]
+from tat_ext.errors import UserError
+
+__all__ = ["ArgumentValueError", "boolean", "eta", "integer", "one_of", "real", "real_array"]
 
 _REPR_LIMIT = 60
 
 
-class ArgumentValueError(ValueError):
-    """A ValueError about one argument; ``argument`` is its name as the caller wrote it."""
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(message)
-        self.argument = argument
+class ArgumentValueError(UserError):
+    """A ValueError about one argument; ``argument`` is its name as the caller wrote it and
+    ``str(error)`` the message, which starts with that name."""
 
 
 def show(value: object) -> str:
@@ -83,6 +83,12 @@ def integer(name: str, value: object, *, ge: Optional[int] = None, le: Optional[
         raise ArgumentValueError(name, f"{name} must be {_bounds_text(None, ge, None, le)}, "
                                        f"got {show(result)}")
     return result
+
+
+def eta(name: str, value: object) -> float:
+    """TAT's target C_f(0) for a (leaky) ReLU network: a real number strictly between 0 and 1
+    (C_f(0) = 1 only for a linear network; docs/math.md)."""
+    return real(name, value, gt=0.0, lt=1.0)
 
 
 def boolean(name: str, value: object) -> bool:

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
+
+from tat_ext.errors import RunError, UserError
 
 __all__ = ["build_parser", "main"]
 
@@ -49,25 +52,19 @@ def _add_tool(commands: argparse._SubParsersAction, name: str, summary: str) -> 
     sub = commands.add_parser(name, help=summary, description=module.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)
-    sub.set_defaults(handler=_run_tool, parser=sub, tool_main=module.main)
+    sub.set_defaults(handler=module.main, parser=sub)
 
 
-def _run_tool(args: argparse.Namespace) -> int:
-    from tat_ext.tools.common import UsageError
-
-    try:
-        return args.tool_main(args)
-    except UsageError as error:  # a user mistake: one line naming the argument, exit 2
-        print(f"tat-ext {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tat-ext {args.command}: interrupted", file=sys.stderr)
-        return 130
+def _report(command: str, text: str) -> None:
+    """One line on stderr, from one process only under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"tat-ext {command}: {text}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``tat-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status
-    (2 for bad input, with the offending argument named on stderr)."""
+    """Run ``tat-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status: 2 for a
+    user mistake (one line on stderr naming the flag), 1 for a run that could not finish (one
+    line: what happened), 130 when interrupted."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -75,6 +72,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.handler(args)
     except SystemExit as exit_:  # argparse's way out: --help (0) and usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else 1
+    except UserError as error:
+        _report(args.command, f"error: {error.one_line()}")
+        return 2
+    except RunError as error:
+        _report(args.command, f"error: {' '.join(str(error).split())}")
+        return 1
+    except KeyboardInterrupt:  # during setup, or a second Ctrl-C: nothing (more) to save
+        _report(args.command, "interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from tat_ext import _validate
 from tat_ext.cmaps import trelu_chain_c_map
-from tat_ext.init import _INITIALIZED_TYPES, _suo_blocks
+from tat_ext.init import INITIALIZED_TYPES, suo_blocks
 from tat_ext.transform import MAX_DEPTH
 
 __all__ = ["InitProblem", "KernelTrace", "check_initialization", "measure_kernel", "predicted_cosine"]
@@ -285,14 +285,14 @@ def check_initialization(model: nn.Module, *, gain: float = 1.0,
     problems = []
     with torch.no_grad():
         for name, layer in model.named_modules():
-            if not isinstance(layer, _INITIALIZED_TYPES):
+            if not isinstance(layer, INITIALIZED_TYPES):
                 continue
             if isinstance(layer.weight, nn.parameter.UninitializedParameter):
                 problems.append(InitProblem(name, "is lazy and not yet materialized; run a forward pass, then "
                                                   + _FIX))
                 continue
             tol = rtol if rtol is not None else _HALF_RTOL.get(layer.weight.dtype, _FLOAT_RTOL)
-            problem = next(filter(None, (_block_problem(b, gain, tol) for b in _suo_blocks(layer))), None)
+            problem = next(filter(None, (_block_problem(b, gain, tol) for b in suo_blocks(layer))), None)
             if problem is None and layer.bias is not None and layer.bias.any():
                 problem = f"bias is not zero (max |bias| = {float(layer.bias.abs().max()):.3g}); {_FIX}"
             if problem is not None:

@@ -17,12 +17,12 @@ from torch import Tensor, nn
 
 from tat_ext import _validate
 
-__all__ = ["scaled_uniform_orthogonal_", "tat_init_"]
+__all__ = ["INITIALIZED_TYPES", "scaled_uniform_orthogonal_", "suo_blocks", "tat_init_"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # The layers tat_init_ initializes (and tat_ext.diagnostics.check_initialization checks).
-_INITIALIZED_TYPES = (nn.Linear,) + _CONV_TYPES + _CONV_TRANSPOSE_TYPES
+INITIALIZED_TYPES = (nn.Linear,) + _CONV_TYPES + _CONV_TRANSPOSE_TYPES
 
 
 def _haar_orthogonal(
@@ -47,7 +47,7 @@ def _check_generator(generator: object) -> Optional[torch.Generator]:
     return generator
 
 
-def _suo_blocks(layer: nn.Module) -> List[Tensor]:
+def suo_blocks(layer: nn.Module) -> List[Tensor]:
     """Views of ``layer.weight`` that SUO initializes, each in [out, in, *kernel] orientation:
     one per group (a grouped conv's matrix is block-diagonal, so each block must preserve q on
     its own); transposed convs, stored [in, out/groups, *kernel], through a transposed view."""
@@ -144,11 +144,11 @@ def tat_init_(
     delta = _validate.boolean("delta", delta)
     generator = _check_generator(generator)
     for name, layer in module.named_modules():
-        if not isinstance(layer, _INITIALIZED_TYPES):
+        if not isinstance(layer, INITIALIZED_TYPES):
             continue
         if isinstance(layer.weight, nn.parameter.UninitializedParameter):
             raise ValueError(f"layer {name!r} is lazy and not yet materialized; run a forward pass first")
-        for block in _suo_blocks(layer):
+        for block in suo_blocks(layer):
             try:
                 scaled_uniform_orthogonal_(block, gain=gain, delta=delta, generator=generator)
             except ValueError as err:

@@ -77,10 +77,6 @@ def _check_depth(depth: object) -> int:
     return depth
 
 
-def _check_eta(eta: object) -> float:
-    return _validate.real("eta", eta, gt=0.0, lt=1.0)
-
-
 def _min_relu_depth(eta: float) -> Optional[int]:
     """Fewest layers (up to MAX_DEPTH) for which a ReLU chain, the most nonlinear TReLU, reaches
     C_f(0) >= eta; None if more are needed."""
@@ -139,7 +135,7 @@ def solve_trelu(
             depth, or the largest reachable ``eta`` for ``subnet_max_func``).
     """
     depth = _one_architecture(depth, {"subnet_max_func": subnet_max_func})
-    eta = _check_eta(eta)
+    eta = _validate.eta("eta", eta)
 
     if depth is not None:
         def c_f0(slope: float) -> float:
@@ -598,7 +594,7 @@ def _fused_leaky_relu(params: ActivationParams,
                       negative_slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """γ·(LReLU(α·x + β) + δ) through the fused op, folding α > 0 into the others by homogeneity:
     γα·(LReLU(x + β/α) + δ/α)."""
-    from tat_ext import trelu  # lazy: loads the compiled extension only when the activation is built
+    from tat_ext.ops import trelu  # lazy: loads the compiled extension only when the activation is built
 
     a = params.input_scale
     return functools.partial(trelu, slope=negative_slope, scale=params.output_scale * a,

@@ -9,7 +9,7 @@ import torch
 
 from tat_ext import cli
 from tat_ext.models.layers import ActConv2d
-from tat_ext.train.sweep import depth_plan, layers_of, trelu_eta
+from tat_ext.train.sweep_grid import depth_plan, layers_of, trelu_eta
 from tat_ext.train.sweep_report import aggregate
 
 
@@ -114,7 +114,7 @@ def test_depth_maps_to_a_plan_with_that_many_nonlinear_layers():
 
 
 def test_learning_rate_is_chosen_on_validation_not_test():
-    from tat_ext.train.sweep import RunSpec, SweepSettings
+    from tat_ext.train.sweep_grid import RunSpec, SweepSettings
 
     settings = SweepSettings(depths=(25,), methods=("relu",), seeds=2, lrs=(1e-4, 1e-3, 1e-2))
     accs = {1e-4: (0.70, 0.99), 1e-3: (0.95, 0.90), 1e-2: (0.40, 0.98)}  # lr -> (val, test)
@@ -130,16 +130,16 @@ def test_learning_rate_is_chosen_on_validation_not_test():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--depths", "3"], "--depths: depth must be an int >= 4"),
+    (["--depths", "3"], "--depths: depth must be >= 4"),
     (["--depths", "49,50"], "--depths: 49 and 50 both map to 49 nonlinear layers"),
     (["--depths", "ten"], "argument --depths"),
     (["--methods", "trelu,tanh"], "--methods: unknown 'tanh'; choose from trelu, relu, resnet"),
     (["--lrs", "1e-3,1e-3"], "--lrs: 0.001 listed more than once"),
     (["--lrs", "-1"], "argument --lrs"),
-    (["--seeds", "0"], "--seeds: must be an integer >= 1"),
-    (["--workers", "0"], "--workers: must be an integer >= 1"),
-    (["--eta", "1"], "--eta: must lie in (0, 1)"),
-    (["--epochs", "0"], "--epochs: must be an integer >= 1"),
+    (["--seeds", "0"], "--seeds: must be >= 1"),
+    (["--workers", "0"], "--workers: must be >= 1"),
+    (["--eta", "1"], "--eta: must be > 0 and < 1"),
+    (["--epochs", "0"], "--epochs: must be >= 1"),
     (["--batch-size", "2000"], "--batch-size: 2000 is larger than the training part"),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message, tmp_path, capsys):

@@ -15,7 +15,7 @@ import torch
 from tat_ext import cli
 from tat_ext.train import TrainConfig, train
 from tat_ext.train.checkpoint import FORMAT
-from tat_ext.train.files import atomic_write
+from tat_ext.utils.files import atomic_write
 from tat_ext.train.metrics import METRIC_KEYS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,7 +153,7 @@ def test_atomic_write_survives_sigkill_mid_write(tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"the last good checkpoint")
     code = ("import os, signal, sys\n"
-            "from tat_ext.train.files import atomic_write\n"
+            "from tat_ext.utils.files import atomic_write\n"
             "def write(f):\n"
             "    f.write(b'partial'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
             f"atomic_write({str(path)!r}, write)\n")
@@ -170,7 +170,7 @@ def test_atomic_write_survives_sigkill_mid_write(tmp_path):
     with pytest.raises(OSError):
         atomic_write(str(path), failing)
     assert path.read_bytes() == b"the last good checkpoint"
-    assert f".checkpoint.pt.tmp-{os.getpid()}" not in os.listdir(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["checkpoint.pt"] + strays)  # the failed writer's is gone
 
 
 # -- torchrun ---------------------------------------------------------------------------------------
@@ -237,19 +237,19 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--depth", "42"], "depth must be one of 18, 34, 50, 101, 152, 200"),
+    (["--depth", "42"], "--depth: must be one of 18, 34, 50, 101, 152, 200"),
     (["--model", "vanilla_mlp", "--depth", "5"], "needs at least 13 nonlinear layers"),
     (["--depth", "18", "--eta", "0.97"], "needs at least"),
-    (["--activation", "swishy"], "activation must be one of trelu, relu"),
+    (["--activation", "swishy"], "--activation: must be one of trelu, relu"),
     (["--activation", "relu", "--eta", "0.9"], "--eta: applies to --activation trelu"),
-    (["--lr", "-1"], "--lr: must lie in (0, inf)"),
-    (["--lr", "nan"], "--lr: must be a finite number"),
-    (["--label-smoothing", "1.5"], "--label-smoothing: must lie in [0, 1)"),
+    (["--lr", "-1"], "--lr: must be > 0"),
+    (["--lr", "nan"], "--lr: must be finite"),
+    (["--label-smoothing", "1.5"], "--label-smoothing: must be >= 0 and < 1"),
     (["--weight-decay", "-0.1"], "--weight-decay"),
-    (["--epochs", "0"], "--epochs: must be an integer >= 1"),
-    (["--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+    (["--epochs", "0"], "--epochs: must be >= 1"),
+    (["--batch-size", "0"], "--batch-size: must be >= 1"),
     (["--batch-size", "5000"], "larger than the training set"),
-    (["--shortcut-weight", "1.0"], "--shortcut-weight: must lie in [0, 1)"),
+    (["--shortcut-weight", "1.0"], "--shortcut-weight: must be >= 0 and < 1"),
     (["--warmup-epochs", "20"], "--warmup-epochs: must be below --epochs"),
     (["--data", "cifar10"], "--data-dir: --data cifar10 needs the folder"),
     (["--data-dir", "/tmp"], "--data-dir: applies to --data cifar10 only"),

@@ -9,21 +9,30 @@ Every vanilla model normalizes its inputs per location, is delta-orthogonally in
 exposes ``subnet_max_func`` (its architecture in C-value space) and ``activation`` (the solved
 activation: ``model.activation.slope`` is ``solve_trelu(subnet_max_func=model.subnet_max_func,
 eta=eta).slope`` for ``"trelu"``).
+
+The models ``tat-ext train`` builds by name are in :mod:`tat_ext.models.registry`
+(:func:`register_model` adds one).
 """
 from tat_ext.models.common import STANDARD_DEPTHS, StagePlan
 from tat_ext.models.layers import ActivationChoice, activation_choices
 from tat_ext.models.mlp import VanillaMLP, vanilla_mlp
+from tat_ext.models.registry import ModelRequest, ModelSpec, get_model_spec, model_names, register_model
 from tat_ext.models.resnet import ResNet, resnet
 from tat_ext.models.vanilla_resnet import VanillaResNet, vanilla_resnet
 
 __all__ = [
     "STANDARD_DEPTHS",
     "ActivationChoice",
+    "ModelRequest",
+    "ModelSpec",
     "ResNet",
     "StagePlan",
     "VanillaMLP",
     "VanillaResNet",
     "activation_choices",
+    "get_model_spec",
+    "model_names",
+    "register_model",
     "resnet",
     "vanilla_mlp",
     "vanilla_resnet",

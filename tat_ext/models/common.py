@@ -3,17 +3,19 @@ heads, and the C-map bookkeeping (``subnet_max_func``) of a ResNet-V2 layout."""
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from tat_ext import _validate
+
 __all__ = [
     "STANDARD_DEPTHS",
     "Head",
     "StagePlan",
+    "check_image_input",
     "for_input",
     "resnet_v2_subnet_max_func",
     "stage_plan",
@@ -70,12 +72,6 @@ class StagePlan:
                      for i in range(len(self.blocks)))
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def stage_plan(depth: object, width: object, blocks: Union[Sequence[int], None] = None,
                bottleneck: Union[bool, None] = None) -> StagePlan:
     """The plan of a standard depth (18/34/50/101/152/200), or a custom one from ``blocks``.
@@ -84,24 +80,43 @@ def stage_plan(depth: object, width: object, blocks: Union[Sequence[int], None] 
         ValueError: an unsupported depth (the message lists the standard ones), or ``blocks``
             that do not give ``depth``.
     """
-    width = _check_int("width", width, 1)
+    width = _validate.integer("width", width, ge=1)
     if blocks is None:
         if isinstance(depth, bool) or depth not in _PLANS:
-            raise ValueError(f"depth must be one of {', '.join(map(str, STANDARD_DEPTHS))} "
+            raise _validate.ArgumentValueError("depth", f"depth must be one of {', '.join(map(str, STANDARD_DEPTHS))} "
                              f"(or pass blocks= for a custom plan), got {depth!r}")
         plan_blocks, plan_bottleneck = _PLANS[depth]
         if bottleneck is not None and bottleneck != plan_bottleneck:
-            raise ValueError(f"depth {depth} uses {'bottleneck' if plan_bottleneck else 'basic'} blocks; "
+            raise _validate.ArgumentValueError("depth", f"depth {depth} uses {'bottleneck' if plan_bottleneck else 'basic'} blocks; "
                              "pass blocks= for another plan")
         return StagePlan(plan_blocks, plan_bottleneck, width)
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not 1 <= len(blocks) <= 4:
-        raise ValueError(f"blocks must be 1 to 4 blocks-per-stage counts, got {blocks!r}")
-    counts = tuple(_check_int("blocks[i]", b, 1) for b in blocks)
+        raise _validate.ArgumentValueError("blocks", f"blocks must be 1 to 4 blocks-per-stage counts, got {blocks!r}")
+    counts = tuple(_validate.integer(f"blocks[{i}]", b, ge=1) for i, b in enumerate(blocks))
     plan = StagePlan(counts, True if bottleneck is None else bool(bottleneck), width, _STAGE_STRIDES[: len(counts)])
     if depth is not None and depth != plan.depth:
-        raise ValueError(f"blocks={list(counts)} ({'bottleneck' if plan.bottleneck else 'basic'}) give "
+        raise _validate.ArgumentValueError("blocks", f"blocks={list(counts)} ({'bottleneck' if plan.bottleneck else 'basic'}) give "
                          f"depth {plan.depth}, not {depth!r}; pass depth=None or the matching depth")
     return plan
+
+
+def check_image_input(num_classes: object, in_channels: object, small_input: object,
+                      input_size: object) -> Union[int, None]:
+    """Check the image arguments every ResNet builder takes; returns ``input_size`` (default 32
+    for ``small_input``).
+
+    Raises:
+        ValueError: a count below 1, or ``input_size`` without ``small_input`` (named).
+        TypeError: a non-int count or a non-bool ``small_input``.
+    """
+    _validate.integer("num_classes", num_classes, ge=1)
+    _validate.integer("in_channels", in_channels, ge=1)
+    if not _validate.boolean("small_input", small_input):
+        if input_size is not None:
+            raise _validate.ArgumentValueError(
+                "input_size", "input_size applies to small_input=True only (the standard head pools globally)")
+        return None
+    return 32 if input_size is None else _validate.integer("input_size", input_size, ge=1)
 
 
 def for_input(plan: StagePlan, small_input: bool, input_size: int) -> StagePlan:
@@ -114,7 +129,7 @@ def for_input(plan: StagePlan, small_input: bool, input_size: int) -> StagePlan:
     """
     if not small_input:
         return dataclasses.replace(plan, strides=_STAGE_STRIDES[: len(plan.blocks)])
-    _check_int("input_size", input_size, 1)
+    _validate.integer("input_size", input_size, ge=1)
     strides, side = [1], input_size
     for _ in plan.blocks[1:]:
         stride = 2 if side > _SMALL_INPUT_MIN_SIDE else 1

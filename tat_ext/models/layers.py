@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tat_ext import _validate
 from tat_ext.activations import activation_names
 from tat_ext.data import per_location_normalization
 from tat_ext.init import tat_init_
@@ -51,12 +52,6 @@ _DKS = activation_names()
 def activation_choices() -> Tuple[str, ...]:
     """Every ``activation`` name the vanilla model builders accept."""
     return ("trelu", "relu") + tuple(f"tat-{n}" for n in _TAT_SMOOTH) + tuple(f"dks-{n}" for n in _DKS)
-
-
-def _check_eta(eta: object) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 < eta < 1.0:
-        raise ValueError(f"eta must be a float strictly between 0 and 1, got {eta!r}")
-    return float(eta)
 
 
 class Activation(nn.Module):
@@ -146,25 +141,25 @@ class ActivationChoice:
         """
         choices = activation_choices()
         if not isinstance(name, str) or name not in choices:
-            raise ValueError(f"activation must be one of {', '.join(choices)}; got {name!r}")
+            raise _validate.ArgumentValueError("activation", f"activation must be one of {', '.join(choices)}; "
+                                                             f"got {name!r}")
         if name == "relu":
             return cls(name, init_gain=math.sqrt(2.0))  # He scaling: ReLU halves q
         if name == "trelu":
             from tat_ext.transform import solve_trelu
 
-            eta = _check_eta(eta)
+            eta = _validate.eta("eta", eta)
             try:
                 solved = solve_trelu(eta=eta, subnet_max_func=subnet_max_func)
             except ValueError as error:
                 if chain_depth is None:
-                    raise ValueError(f"eta: {error}") from None
+                    raise _validate.ArgumentValueError("eta", f"eta: {error}") from None
                 try:
                     solve_trelu(chain_depth, eta=eta)
                 except ValueError as chain_error:
                     error = chain_error
-                raise ValueError(f"eta (a chain of {chain_depth} nonlinear layers): {error}") from None
-            if not isinstance(fused, bool):
-                raise ValueError(f"fused must be a bool, got {fused!r}")
+                raise _validate.ArgumentValueError("eta", f"eta: {error}") from None  # names the layers
+            fused = _validate.boolean("fused", fused)
             return cls(name, init_gain=1.0, slope=solved.slope, scale=solved.scale,
                        params={"eta": eta, "slope": solved.slope, "scale": solved.scale, "c0": solved.c0},
                        fused_kernels=fused)

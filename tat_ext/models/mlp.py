@@ -3,11 +3,10 @@ activation, then a linear classifier; inputs are flattened and per-location norm
 location, with a homogeneous coordinate appended)."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
+from tat_ext import _validate
 from tat_ext.models.layers import ActivationChoice, PerLocationNorm, init_vanilla_
 
 __all__ = ["VanillaMLP", "vanilla_mlp"]
@@ -21,8 +20,7 @@ class VanillaMLP(nn.Module):
         super().__init__()
         for name, value in (("depth", depth), ("width", width), ("num_classes", num_classes),
                             ("in_features", in_features)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            _validate.integer(name, value, ge=1)
         self.depth = int(depth)
         self.activation = ActivationChoice.resolve(activation, self.subnet_max_func, eta,
                                                    chain_depth=self.depth, fused=fused)

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tat_ext.models.common import Head, StagePlan, final_spatial_size, for_input, stage_plan
+from tat_ext.models.common import Head, StagePlan, check_image_input, final_spatial_size, for_input, stage_plan
 from tat_ext.models.layers import PerLocationNorm
-from tat_ext.models.vanilla_resnet import _check_common
 
 __all__ = ["ResNet", "resnet"]
 
@@ -44,11 +43,7 @@ class ResNet(nn.Module):
     def __init__(self, plan: StagePlan, num_classes: int, *, in_channels: int = 3, small_input: bool = False,
                  input_size: Optional[int] = None) -> None:
         super().__init__()
-        _check_common(num_classes, in_channels, 0.0, small_input)
-        if not small_input and input_size is not None:
-            raise ValueError("input_size applies to small_input=True only (the standard head pools globally)")
-        if small_input and input_size is None:
-            input_size = 32
+        input_size = check_image_input(num_classes, in_channels, small_input, input_size)
         plan = for_input(plan, small_input, input_size)
         self.plan = plan
         # Same input pipeline as the vanilla nets, so every model sees the same data.

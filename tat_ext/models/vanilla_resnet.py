@@ -19,14 +19,14 @@ activation, which changes nothing for the monotone TReLU/ReLU).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from tat_ext.models.common import (Head, StagePlan, final_spatial_size, for_input, resnet_v2_subnet_max_func,
-                                   stage_plan)
+from tat_ext import _validate
+from tat_ext.models.common import (Head, StagePlan, check_image_input, final_spatial_size, for_input,
+                                   resnet_v2_subnet_max_func, stage_plan)
 from tat_ext.models.layers import ActivationChoice, PerLocationNorm, init_vanilla_
 
 __all__ = ["VanillaResNet", "vanilla_resnet"]
@@ -83,11 +83,8 @@ class VanillaResNet(nn.Module):
                  shortcut_weight: float = 0.0, in_channels: int = 3, small_input: bool = False,
                  input_size: Union[int, None] = None, fused: bool = True) -> None:
         super().__init__()
-        _check_common(num_classes, in_channels, shortcut_weight, small_input)
-        if small_input and input_size is None:
-            input_size = 32
-        elif not small_input and input_size is not None:
-            raise ValueError("input_size applies to small_input=True only (the standard head pools globally)")
+        input_size = check_image_input(num_classes, in_channels, small_input, input_size)
+        _validate.real("shortcut_weight", shortcut_weight, ge=0.0, lt=1.0)  # 0: no shortcuts
         plan = for_input(plan, small_input, input_size)
         self.plan = plan
         self.shortcut_weight = float(shortcut_weight)
@@ -130,17 +127,6 @@ class VanillaResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.stem(self.normalize(x)))
         return self.head(self.final_act(self.blocks(x)))
-
-
-def _check_common(num_classes: object, in_channels: object, shortcut_weight: object, small_input: object) -> None:
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if (isinstance(shortcut_weight, bool) or not isinstance(shortcut_weight, numbers.Real)
-            or not 0.0 <= shortcut_weight < 1.0):
-        raise ValueError(f"shortcut_weight must be a float in [0, 1) (0: no shortcuts), got {shortcut_weight!r}")
-    if not isinstance(small_input, bool):
-        raise ValueError(f"small_input must be a bool, got {small_input!r}")
 
 
 def vanilla_resnet(depth: Optional[int], num_classes: int, *, width: int = 64, activation: str = "trelu",

@@ -43,12 +43,14 @@ from typing import Dict, List, Optional
 import torch
 
 from tat_ext.tools import overhead, workloads
-from tat_ext.tools.common import (DTYPE_NAMES, Report, UsageError, describe_device, environment,
-                                  format_table, human_count, parse_dtype, prepare_output_dir,
-                                  progress_bar, require_extension, resolve_device, set_threads,
-                                  write_json_atomic)
+from tat_ext.tools.common import (DTYPE_NAMES, Report, UsageError, format_table, human_count, parse_dtype,
+                                  require_extension, set_threads)
 from tat_ext.tools.timing import (Timer, available_bytes, kernel_launches, peak_memory,
                                   saved_bytes, synchronize)
+from tat_ext.utils.devices import resolve_device
+from tat_ext.utils.files import ensure_writable_dir, write_json_atomic
+from tat_ext.utils.machine import describe_device, environment
+from tat_ext.utils.progress import progress_bar
 
 __all__ = ["add_arguments", "main", "PRESETS"]
 
@@ -442,7 +444,7 @@ def main(args: argparse.Namespace) -> int:
     s = _settings(args)
     require_extension(s.device)
     _check_memory(s)
-    s.out = prepare_output_dir(s.out)
+    s.out = ensure_writable_dir(s.out, "--out")
     command = "tat-ext " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["bench"]))
     results = _Results(s, command)
     timer = Timer(s.device, reps=s.reps, min_time=s.min_time)
@@ -460,7 +462,7 @@ def main(args: argparse.Namespace) -> int:
         configs += [("activation", form, d, l, n) for form in s.forms for d in s.dtypes
                     for l in s.layouts for n in s.sizes]
     start = time.perf_counter()
-    with progress_bar(len(configs), "bench", "config", enabled=s.progress) as bar:
+    with progress_bar(total=len(configs), desc="bench", unit="config", disable=not s.progress) as bar:
         for part, form, dtype, layout, size in configs:
             what = (f"overhead {human_count(size)}" if part == "overhead" else
                     f"{part} {form or s.spec.name} {_name(dtype)} {layout}" + (

@@ -1,32 +1,15 @@
 """The PNG figures of a `tat-ext bench` run (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import io
 import os
 from typing import List
 
-from tat_ext.tools.common import write_atomic
+from tat_ext.utils.plots import pyplot, save_png
 
 __all__ = ["draw"]
 
 _COLORS = {"eager": "tab:gray", "compile": "tab:blue", "fused": "tab:red",
            "fused-compile": "tab:orange", "copy_": "black"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    write_atomic(path, buffer.getvalue())
-    return path
 
 
 def draw(doc: dict, out: str) -> List[str]:
@@ -42,7 +25,7 @@ def draw(doc: dict, out: str) -> List[str]:
 def _activation_gbs(doc: dict, path: str) -> str:
     """fwd+bwd GB/s against size, one panel per (form, dtype, layout), a line per variant and the
     copy_ ceiling of the same size."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = {}
     for r in doc["activation"]:
         groups.setdefault((r["form"], r["dtype"], r["layout"]), []).append(r)
@@ -68,7 +51,7 @@ def _activation_gbs(doc: dict, path: str) -> str:
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.suptitle(f"tat-ext bench: activation on {doc['device']}", fontsize=10)
-    path = _save(fig, path)
+    path = save_png(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -76,7 +59,7 @@ def _activation_gbs(doc: dict, path: str) -> str:
 def _train_step(doc: dict, path: str) -> str:
     """Step time (median, interquartile bars), saved-for-backward and peak memory per variant,
     per (dtype, layout)."""
-    plt = _pyplot()
+    plt = pyplot()
     records = doc["model"]
     fig, (ax_t, ax_s, ax_p) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     variants = list(dict.fromkeys(v for r in records for v in r["variants"]))
@@ -108,6 +91,6 @@ def _train_step(doc: dict, path: str) -> str:
     fig.suptitle(f"tat-ext bench: training step of {spec['model']} depth {spec['depth']}, width "
                  f"{spec['width']}, {spec['resolution']}x{spec['resolution']}, batch "
                  f"{spec['batch']} on {doc['device']}", fontsize=10)
-    path = _save(fig, path)
+    path = save_png(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

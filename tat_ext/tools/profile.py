@@ -28,11 +28,12 @@ from typing import Dict, List
 import torch
 
 from tat_ext.tools import workloads
-from tat_ext.tools.common import (Report, UsageError, describe_device, environment, format_table,
-                                  parse_dtype, prepare_output_dir, progress_bar,
-                                  require_extension, resolve_device, set_threads,
-                                  write_json_atomic)
+from tat_ext.tools.common import Report, UsageError, format_table, parse_dtype, require_extension, set_threads
 from tat_ext.tools.timing import available_bytes, is_gpu_kernel, quiet_stderr, synchronize
+from tat_ext.utils.devices import resolve_device
+from tat_ext.utils.files import ensure_writable_dir, write_json_atomic
+from tat_ext.utils.machine import describe_device, environment
+from tat_ext.utils.progress import progress_bar
 
 __all__ = ["add_arguments", "main", "categorize", "CATEGORIES"]
 
@@ -215,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     device, spec, dtype, variants = _settings(args)
     require_extension(device)
-    out = prepare_output_dir(args.out)
+    out = ensure_writable_dir(args.out, "--out")
     say = Report()
 
     env = environment([device])
@@ -228,7 +229,7 @@ def main(args: argparse.Namespace) -> int:
         f"{args.steps} profiled steps after {args.warmup} warm-up steps")
     what = "GPU kernels (self time on the GPU)" if device.type == "cuda" else "operators (self CPU time)"
     results = {}
-    with progress_bar(len(variants), "profile", "variant") as bar:
+    with progress_bar(total=len(variants), desc="profile", unit="variant") as bar:
         for variant in variants:
             trace = os.path.join(out, f"trace_{variant}.json")
             rows, wall = _profile_variant(device, spec, dtype, args.layout, variant, args.steps,

@@ -24,9 +24,11 @@ import torch
 import tat_ext
 from tat_ext import _extension, reference
 from tat_ext.tools import cases
-from tat_ext.tools.common import (UsageError, check_writable_file, cuda_devices, describe_device,
-                                  environment, format_table, progress_bar, resolve_device,
-                                  write_json_atomic)
+from tat_ext.tools.common import UsageError, format_table
+from tat_ext.utils.devices import cuda_devices, resolve_device
+from tat_ext.utils.files import check_writable_file, write_json_atomic
+from tat_ext.utils.machine import describe_device, environment
+from tat_ext.utils.progress import progress_bar
 
 __all__ = ["run_verify", "VerifyResult", "add_arguments", "main", "INJECT_ENV", "INJECTIONS"]
 
@@ -270,7 +272,7 @@ def _verify_device(rec: _Recorder, device: torch.device, quick: bool, seed: int,
     plan = _plan(device, quick, layouts)
     determinism = _determinism_plan(quick, layouts)
     total = sum(len(s.runs) for s in plan) + len(determinism)
-    with progress_bar(total, f"verify {dev}", "case", enabled=progress) as bar:
+    with progress_bar(total=total, desc=f"verify {dev}", unit="case", disable=not progress) as bar:
         for s in plan:
             inputs_cpu = _make(s.layout, s.dtype, s.bias_kind, "cpu", seed)
             inputs = inputs_cpu if device.type == "cpu" else _make(s.layout, s.dtype, s.bias_kind,

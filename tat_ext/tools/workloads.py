@@ -21,7 +21,7 @@ from torch import nn
 
 import tat_ext
 from tat_ext.init import tat_init_
-from tat_ext.models import vanilla_resnet
+from tat_ext.models.vanilla_resnet import vanilla_resnet
 from tat_ext.models.common import stage_plan
 from tat_ext.models.layers import EagerTReLU
 from tat_ext.nn import TATConv2d

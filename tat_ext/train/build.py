@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from tat_ext.datasets import ImageData
+from tat_ext.models.common import StagePlan
+from tat_ext.models.registry import ModelRequest, get_model_spec
 from tat_ext.train.config import TrainConfig
 
 __all__ = ["WarmupCosine", "build_model", "build_optimizer", "build_schedule"]
@@ -17,31 +19,22 @@ _SMALL_INPUT_MAX = 64
 
 
 def build_model(config: TrainConfig, data: ImageData) -> Tuple[nn.Module, Dict[str, Any]]:
-    """The model for ``config`` (resolved) and ``data``, and what it resolved to (for config.json).
+    """The model for ``config`` (resolved) and ``data`` (built by its registered
+    :class:`~tat_ext.models.registry.ModelSpec`), and what it resolved to (for config.json).
 
     Raises:
-        ValueError: the model builder's message (unsupported depth, unreachable eta, ...).
+        ValueError: the model builder's message (unsupported depth, unreachable eta, ...); a
+            :class:`~tat_ext.errors.UserError` names the builder's argument.
     """
-    from tat_ext import models
-
     small = data.image_size <= _SMALL_INPUT_MAX
-    eta = {} if config.eta is None else {"eta": config.eta}  # None: the activation has no eta
-    image = {"in_channels": data.in_channels, "small_input": small,
-             "input_size": data.image_size if small else None}
-    plan = {} if config.blocks is None else {"blocks": config.blocks, "bottleneck": True}
-    if config.model == "vanilla_resnet":
-        model = models.vanilla_resnet(config.depth, data.num_classes, width=config.width,
-                                      activation=config.activation, shortcut_weight=config.shortcut_weight,
-                                      **eta, **image, **plan)
-    elif config.model == "resnet":
-        model = models.resnet(config.depth, data.num_classes, width=config.width, **image, **plan)
-    else:
-        model = models.vanilla_mlp(config.depth, config.width, data.num_classes,
-                                   in_features=data.in_channels * data.image_size ** 2,
-                                   activation=config.activation, **eta)
+    spec = get_model_spec(config.model)
+    model = spec.builder(ModelRequest(
+        depth=config.depth, width=config.width, activation=config.activation, eta=config.eta,
+        shortcut_weight=config.shortcut_weight, blocks=config.blocks, num_classes=data.num_classes,
+        in_channels=data.in_channels, image_size=data.image_size, small_input=small))
     resolved: Dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "small_input": small if config.model != "vanilla_mlp" else None,
+        "small_input": small if isinstance(getattr(model, "plan", None), StagePlan) else None,
     }
     activation = getattr(model, "activation", None)
     if activation is not None:

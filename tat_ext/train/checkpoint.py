@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -23,8 +24,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from tat_ext.train.config import RESUMABLE_CHANGES, TrainConfig, TrainError
-from tat_ext.train.files import atomic_write, remove_stale_temporaries
+from tat_ext.train.config import RESUMABLE_CHANGES, TrainConfig, TrainError, flag_of
+from tat_ext.utils.files import atomic_write, ensure_writable_dir, remove_stale_temporaries, write_text_atomic
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "CURVES", "FORMAT", "METRICS", "RUN_FILES",
@@ -34,6 +35,7 @@ __all__ = [
 FORMAT = "tat_ext.train/1"
 CHECKPOINT, CONFIG, METRICS, CURVES = "checkpoint.pt", "config.json", "metrics.jsonl", "curves.png"
 RUN_FILES = (CHECKPOINT, CONFIG, METRICS, CURVES)
+_FLAGGED = {f.name for f in dataclasses.fields(TrainConfig)}
 _REQUIRED = ("format", "config", "model", "optimizer", "scheduler", "rng", "epoch", "batch", "partial",
              "history")
 
@@ -75,8 +77,8 @@ def save_checkpoint(run_dir: str, payload: Dict[str, Any]) -> None:
 
 def write_config(run_dir: str, config: TrainConfig, resolved: Dict[str, Any]) -> None:
     """``config.json``: every setting and what it resolved to, atomically."""
-    text = json.dumps({"config": config.as_dict(), "resolved": resolved}, indent=2) + "\n"
-    atomic_write(os.path.join(run_dir, CONFIG), lambda f: f.write(text.encode()))
+    write_text_atomic(os.path.join(run_dir, CONFIG),
+                      json.dumps({"config": config.as_dict(), "resolved": resolved}, indent=2) + "\n")
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
@@ -88,32 +90,41 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for a damaged file
-        raise TrainError(f"{path} is corrupt or not a tat-ext checkpoint ({type(error).__name__}: "
+        raise TrainError("--resume", f"{path} is corrupt or not a tat-ext checkpoint ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'no detail'}); "
                          "it was left as it is") from None
     if (not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in _REQUIRED)
             or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["history"], list)):
-        raise TrainError(f"{path} is not a {FORMAT} checkpoint; it was left as it is")
+        raise TrainError("--resume", f"{path} is not a {FORMAT} checkpoint; it was left as it is")
     return ckpt
 
 
-def _run_identity(config: Dict[str, Any]) -> Dict[str, Any]:
+def _run_identity(config: Dict[str, Any], epochs_may_change: bool) -> Dict[str, Any]:
     """The settings that define a run's result (those that --resume may not change)."""
     identity = {k: _as_tuples(v) for k, v in config.items() if k not in RESUMABLE_CHANGES}  # JSON: lists
-    if config.get("schedule") == "constant":
-        identity.pop("epochs", None)  # a constant schedule can simply run longer
+    if epochs_may_change:
+        identity.pop("epochs", None)
     return identity
 
 
 def check_same_run(saved: Dict[str, Any], config: TrainConfig, where: str) -> None:
-    """Raise TrainError naming every setting that differs from the saved run's."""
-    old, new = _run_identity(saved), _run_identity(config.as_dict())
+    """Raise TrainError naming every setting that differs from the saved run's (what it was, what
+    was passed). ``--epochs`` may differ when both the run and this call use the constant schedule
+    (it can simply run longer); a cosine schedule decays to 0 at its last epoch, so its length is fixed."""
+    constant = saved.get("schedule") == "constant" and config.schedule == "constant"
+    old, new = _run_identity(saved, constant), _run_identity(config.as_dict(), constant)
     keys = sorted(set(old) | set(new))
-    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    diff = [f"{flag_of(k) if k in _FLAGGED else k} {old.get(k)!r} -> {new.get(k)!r}"
+            for k in keys if old.get(k) != new.get(k)]
     if diff:
-        hint = "" if config.schedule == "constant" else " (--epochs may change only with --schedule constant)"
-        raise TrainError(f"--resume: the run in {where} was made with other settings: {'; '.join(diff)}. "
-                         f"Use the same settings{hint}, or another --out")
+        hint = ""
+        if old.get("epochs") != new.get("epochs"):
+            hint = (f" (a run made with --schedule {saved.get('schedule')} cannot be extended: its learning rate "
+                    "decays to 0 at its last epoch; --epochs may change only for a run made with --schedule "
+                    "constant)" if saved.get("schedule") != "constant" else
+                    " (--epochs may change only with --schedule constant)")
+        raise TrainError("--resume", f"the run in {where} was made with other settings: {'; '.join(diff)} "
+                                     f"(saved -> passed). Use the saved settings{hint}, or another --out")
 
 
 def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
@@ -128,22 +139,22 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
     """
     out = config.out
     if os.path.exists(out) and not os.path.isdir(out):
-        raise TrainError(f"--out: {out} exists and is not a directory")
+        raise TrainError("--out", f"{out} exists and is not a directory")
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
     if not config.resume:
         if present:
-            raise TrainError(f"--out: {out} already holds a run ({', '.join(present)}); pass --resume to "
+            raise TrainError("--out", f"{out} already holds a run ({', '.join(present)}); pass --resume to "
                              "continue it, or choose another --out")
-        os.makedirs(out, exist_ok=True)
+        ensure_writable_dir(out, "--out")
         return None
     if not present:
-        raise TrainError(f"--resume: {out} holds no run to continue (no {CONFIG} or {CHECKPOINT})")
+        raise TrainError("--resume", f"{out} holds no run to continue (no {CONFIG} or {CHECKPOINT})")
     checkpoint_path = os.path.join(out, CHECKPOINT)
     if os.path.exists(checkpoint_path):
         ckpt = load_checkpoint(checkpoint_path)
         check_same_run(ckpt["config"], config, checkpoint_path)
         if config.schedule == "constant" and ckpt["epoch"] > config.epochs:
-            raise TrainError(f"--epochs: the run in {out} already completed {ckpt['epoch']} epochs, "
+            raise TrainError("--epochs", f"the run in {out} already completed {ckpt['epoch']} epochs, "
                              f"more than --epochs {config.epochs}")
     else:
         ckpt = None
@@ -154,7 +165,7 @@ def prepare_run_dir(config: TrainConfig) -> Optional[Dict[str, Any]]:
             if not isinstance(saved, dict):
                 raise TypeError("config is not an object")
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise TrainError(f"--resume: {out} has no {CHECKPOINT} and its {CONFIG} is unreadable "
+            raise TrainError("--resume", f"{out} has no {CHECKPOINT} and its {CONFIG} is unreadable "
                              f"({type(error).__name__}); nothing to resume") from None
         check_same_run(saved, config, config_path)
     remove_stale_temporaries(out, RUN_FILES)

@@ -1,11 +1,14 @@
 """The training subcommands of `tat-ext`: `train`, `compare` and `sweep` (argument parsing, and
-the exit statuses of a run: 0, 1 when it diverged or a worker failed, 2 for a user mistake, 130
-when interrupted)."""
+the exit statuses of a run: 0, 1 when it diverged, a file could not be written or a worker failed
+(:class:`tat_ext.errors.RunError`), 2 for a user mistake (:class:`tat_ext.errors.UserError`; both
+are reported by :func:`tat_ext.cli.main`), 130 when interrupted)."""
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+
+from tat_ext.utils.parsing import comma_list
 
 __all__ = ["add_train", "add_compare", "add_sweep"]
 
@@ -22,22 +25,9 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_run_train, parser=train)
 
 
-def _comma_list(convert, valid, what: str):
-    """An argparse type for a non-empty comma-separated list whose items all pass `valid`."""
-    def parse(text: str) -> list:
-        try:
-            values = [convert(p.strip()) for p in text.split(",") if p.strip()]
-        except ValueError:
-            values = []
-        if not values or not all(valid(v) for v in values):
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
-        return values
-    return parse
-
-
-_lr_list = _comma_list(float, lambda v: math.isfinite(v) and v > 0, "learning rates > 0")
-_depth_list = _comma_list(int, lambda v: v >= 1, "numbers of layers >= 1")
-_name_list = _comma_list(str, bool, "names")
+_lr_list = comma_list(float, lambda v: math.isfinite(v) and v > 0, "learning rates > 0")
+_depth_list = comma_list(int, lambda v: v >= 1, "numbers of layers >= 1")
+_name_list = comma_list(str, bool, "names")
 
 
 def add_compare(commands: argparse._SubParsersAction) -> None:
@@ -59,7 +49,7 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
 
 def add_sweep(commands: argparse._SubParsersAction) -> None:
     """The `sweep` subcommand (the depth-sweep experiment)."""
-    from tat_ext.train import sweep as sweep_module
+    from tat_ext.train import sweep_grid as sweep_module
     from tat_ext.train.config import add_arguments
 
     sweep = commands.add_parser(
@@ -97,45 +87,20 @@ def add_sweep(commands: argparse._SubParsersAction) -> None:
     sweep.set_defaults(handler=_run_sweep, parser=sweep)
 
 
-def _train_error(command: str, error: Exception, status: int = 2) -> int:
-    """A user mistake in a training run (status 2), or a diverged run (1): one line on stderr,
-    once under torchrun."""
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        print(f"tat-ext {command}: error: {error}", file=sys.stderr)
-    return status
-
-
 def _run_train(args: argparse.Namespace) -> int:
-    from tat_ext.train import Diverged, TrainError, train
     from tat_ext.train.config import from_args
+    from tat_ext.train.loop import train
 
-    try:
-        result = train(from_args(args))
-    except TrainError as error:
-        return _train_error("train", error)
-    except Diverged as error:
-        return _train_error("train", error, status=1)
-    except KeyboardInterrupt:  # during setup, or a second Ctrl-C: nothing (more) to save
-        print("tat-ext train: interrupted", file=sys.stderr)
-        return 130
+    result = train(from_args(args))
     return 130 if result.interrupted else 0
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from tat_ext.train import TrainError
     from tat_ext.train.compare import compare, format_table
     from tat_ext.train.config import from_args
 
     config = from_args(args)
-    try:
-        outcomes = compare(config, lrs=args.lrs)
-    except TrainError as error:
-        return _train_error("compare", error)
-    except KeyboardInterrupt:
-        print("tat-ext compare: interrupted", file=sys.stderr)
-        return 130
+    outcomes = compare(config, lrs=args.lrs)
     print("\n" + format_table(config, outcomes))
     return 130 if getattr(outcomes[-1][2], "interrupted", False) else 0
 
@@ -143,9 +108,9 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace) -> int:
     import shlex
 
-    from tat_ext.train import TrainError
     from tat_ext.train.config import from_args
-    from tat_ext.train.sweep import SweepSettings, WorkerDied, run_sweep
+    from tat_ext.train.sweep import WorkerDied, run_sweep
+    from tat_ext.train.sweep_grid import SweepSettings
     from tat_ext.train.sweep_report import aggregate, format_summary
 
     settings = SweepSettings(base=from_args(args), depths=tuple(args.depths), methods=tuple(args.methods),
@@ -153,13 +118,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     command = "tat-ext " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         result = run_sweep(settings, args.out, workers=args.workers, meta={"command": command})
-    except TrainError as error:
-        return _train_error("sweep", error)
     except WorkerDied as error:  # the finished runs are saved
-        return _train_error("sweep", f"{error}; finished runs are in {args.out}, rerun to continue", status=1)
-    except KeyboardInterrupt:  # before the first run
-        print("tat-ext sweep: interrupted", file=sys.stderr)
-        return 130
+        raise WorkerDied(f"{error}; finished runs are in {args.out}, rerun to continue") from None
     print(format_summary(settings, aggregate(settings, result.records)))
     print(f"\n{len(result.records)} runs finished; {args.out}/sweep.md, sweep.png, sweep.json")
     if result.interrupted:

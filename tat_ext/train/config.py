@@ -1,72 +1,123 @@
 """The settings of one training run (:class:`TrainConfig`), their checks, and the ``tat-ext train``
-flags that fill them."""
+flags that fill them: every field carries its flag and help in ``dataclasses.field(metadata=...)``
+and :func:`add_arguments` generates the parser from them, so a new setting is a new field."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
+from tat_ext import _validate
 from tat_ext.datasets import DATASETS
+from tat_ext.errors import RunError, UserError, to_flag
+from tat_ext.models.registry import get_model_spec, model_names
+from tat_ext.utils.parsing import comma_list
 
-__all__ = ["MODELS", "OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments",
-           "from_args"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments", "from_args"]
 
-MODELS = ("vanilla_resnet", "resnet", "vanilla_mlp")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
 # Defaults that train the embedded digits (measured; README "Choosing the training settings").
-_DEFAULT_WIDTH = {"vanilla_resnet": 8, "resnet": 8, "vanilla_mlp": 128}
 _DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3}
 _DEFAULT_ETA = 0.9
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """A user mistake in a run's settings, data, output directory or checkpoint: the CLI prints it
-    on one line and exits with status 2, and nothing on disk has been changed."""
+    on one line and exits with status 2, and nothing on disk has been changed.
+
+    ``TrainError(flag, detail)`` reads "flag: detail"; ``TrainError(message)`` names no flag.
+    """
+
+    def __init__(self, argument: Optional[str], message: Optional[str] = None) -> None:
+        if message is None:
+            argument, message = None, argument
+        flag = to_flag(argument)
+        if flag and not message.startswith(flag):
+            message = f"{flag}: {message}"
+        super().__init__(argument, message)
 
 
-class Diverged(RuntimeError):
+class Diverged(RunError):
     """The training loss became NaN or infinite (usually: the learning rate is too large for this
     net). Raised at the end of the epoch, before that epoch's state is saved."""
+
+
+def _setting(flag: str, default: Any, group: str, help: Union[str, Callable[[], str]],
+             **argparse_kwargs: Any) -> Any:
+    """A TrainConfig field set by ``flag`` in ``group`` of the parser; ``help`` may be a function
+    (evaluated when the parser is built); ``argparse_kwargs`` go to ``add_argument`` (``choices``
+    may be a function too)."""
+    return dataclasses.field(default=default, metadata={"flag": flag, "group": group, "help": help,
+                                                         "argparse": argparse_kwargs})
+
+
+def _activation_help() -> str:
+    from tat_ext.models.layers import activation_choices
+
+    return ("trelu (TAT; default for the vanilla models), relu (Edge-of-Chaos baseline; the resnet baseline's "
+            "only one), tat-<smooth>, dks-<name>: " + ", ".join(activation_choices()))
+
+
+_int_list = comma_list(int, lambda v: True, "integers")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run. ``None`` fields take a default that depends on others
-    (see :meth:`resolved`); the flag of each field is ``--field-name``.
+    (see :meth:`resolved`); the flag of each field is ``--field-name`` (:func:`flag_of`).
 
     ``out=None`` writes nothing (in-process use, e.g. a sweep); ``batch_size`` is the global batch,
     split evenly across torchrun processes. ``blocks`` (resnets only) replaces the standard plan of
     ``depth`` with bottleneck blocks per stage; ``depth`` must then be 3·sum(blocks) + 2.
     """
 
-    model: str = "vanilla_resnet"
-    depth: int = 50
-    blocks: Optional[Tuple[int, ...]] = None
-    width: Optional[int] = None
-    activation: Optional[str] = None
-    eta: Optional[float] = None
-    shortcut_weight: float = 0.0
-    data: str = "digits"
-    data_dir: Optional[str] = None
-    optimizer: str = "adam"
-    lr: Optional[float] = None
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    out: Optional[str] = None
-    resume: bool = False
+    model: str = _setting("--model", "vanilla_resnet", "model", "network family (tat_ext.models.registry)",
+                          choices=model_names)
+    depth: int = _setting("--depth", 50, "model", "resnets: 18/34/50/101/152/200; vanilla_mlp: hidden layers",
+                          type=int)
+    blocks: Optional[Tuple[int, ...]] = _setting(
+        "--blocks", None, "model", "resnets: a custom plan of 1-4 stages of bottleneck blocks (e.g. 1,1,1) instead "
+                                   "of depth's standard one; --depth must be 3*sum+2 (its nonlinear layers + 1)",
+        type=lambda text: tuple(_int_list(text)), metavar="B1,B2,...")
+    width: Optional[int] = _setting("--width", None, "model", "resnets: first stage's inner width (default 8); "
+                                                              "vanilla_mlp: hidden units (default 128)", type=int)
+    activation: Optional[str] = _setting("--activation", None, "model", _activation_help, metavar="NAME")
+    eta: Optional[float] = _setting("--eta", None, "model", f"TAT target C_f(0) for trelu (default {_DEFAULT_ETA})",
+                                    type=float)
+    shortcut_weight: float = _setting("--shortcut-weight", 0.0, "model",
+                                      "vanilla_resnet: 0 = no shortcuts (default); w in (0, 1) = rescaled ResNet",
+                                      type=float)
+    data: str = _setting("--data", "digits", "data", "dataset (digits ships with scikit-learn)", choices=DATASETS)
+    data_dir: Optional[str] = _setting("--data-dir", None, "data",
+                                       "cifar10: folder with data_batch_1..5 and test_batch (never downloaded)")
+    optimizer: str = _setting("--optimizer", "adam", "optimization",
+                              "adam (AdamW: decoupled weight decay) or sgd (Nesterov momentum 0.9)",
+                              choices=OPTIMIZERS)
+    lr: Optional[float] = _setting("--lr", None, "optimization",
+                                   "peak learning rate (default 3e-4 for adam, 3e-3 for sgd)", type=float)
+    weight_decay: float = _setting("--weight-decay", 0.0, "optimization", "decoupled weight decay (default 0)",
+                                   type=float)
+    label_smoothing: float = _setting("--label-smoothing", 0.0, "optimization",
+                                      "label smoothing of the cross-entropy (default 0)", type=float)
+    schedule: str = _setting("--schedule", "cosine", "optimization",
+                             "cosine decay to 0 over --epochs (its length is then fixed: --resume cannot extend it) "
+                             "or constant", choices=SCHEDULES)
+    warmup_epochs: int = _setting("--warmup-epochs", 0, "optimization", "linear warm-up (default 0)", type=int)
+    epochs: int = _setting("--epochs", 10, "optimization", "epochs to train", type=int)
+    batch_size: int = _setting("--batch-size", 128, "optimization", "global batch, split across torchrun processes",
+                               type=int)
+    seed: int = _setting("--seed", 0, "optimization", "initialization and data order (default 0)", type=int)
+    device: str = _setting("--device", "auto", "execution", "auto (cuda if available), cpu, cuda, cuda:N")
+    amp: bool = _setting("--amp", False, "execution", "bfloat16 autocast", action="store_true")
+    channels_last: bool = _setting("--channels-last", False, "execution", "channels_last memory format",
+                                   action="store_true")
+    compile: bool = _setting("--compile", False, "execution", "torch.compile the model", action="store_true")
+    out: Optional[str] = _setting("--out", None, "execution",
+                                  "run directory: config.json, metrics.jsonl, curves.png, checkpoint.pt")
+    resume: bool = _setting("--resume", False, "execution", "continue the run in --out", action="store_true")
 
     def resolved(self) -> "TrainConfig":
         """The same settings with every default filled in, checked.
@@ -75,89 +126,76 @@ class TrainConfig:
             TrainError: an out-of-range or inconsistent setting, named by its flag.
         """
         self._check()
+        spec = get_model_spec(self.model)
         return dataclasses.replace(
             self,
-            activation=self.activation or ("relu" if self.model == "resnet" else "trelu"),
-            width=_DEFAULT_WIDTH[self.model] if self.width is None else self.width,
-            eta=(_DEFAULT_ETA if self.eta is None else self.eta) if self._uses_eta else None,
+            activation=self.activation or spec.default_activation,
+            width=spec.defaults.get("width") if self.width is None else self.width,
+            eta=(_DEFAULT_ETA if self.eta is None else self.eta) if spec.uses_eta(self.activation) else None,
             lr=_DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
             blocks=None if self.blocks is None else tuple(self.blocks),
         )
 
-    @property
-    def _uses_eta(self) -> bool:
-        return self.model != "resnet" and self.activation in (None, "trelu")
-
     def _check(self) -> None:
-        def fail(field: str, message: str) -> None:
-            raise TrainError(f"--{field.replace('_', '-')}: {message}")
+        try:
+            self._check_values()
+        except UserError as error:
+            raise TrainError(error.argument, error.detail) from None
+        except TypeError as error:  # a wrong type from Python (the flags' types are always right)
+            raise TrainError(None, str(error)) from None
 
-        def choice(field: str, options) -> None:
-            if getattr(self, field) not in options:
-                fail(field, f"must be one of {', '.join(options)}, got {getattr(self, field)!r}")
+    def _check_values(self) -> None:
+        """Raises UserError (or TypeError) naming the flag of the first bad setting."""
+        def fail(name: str, message: str) -> None:
+            raise UserError(flag_of(name), message)
 
-        def integer(field: str, low: int) -> None:
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                fail(field, f"must be an integer >= {low}, got {value!r}")
-
-        def real(field: str, low: float, high: float, low_open: bool, high_open: bool) -> None:
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                fail(field, f"must be a finite number, got {value!r}")
-            if value < low or (low_open and value == low) or value > high or (high_open and value == high):
-                fail(field, f"must lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, "
-                            f"got {value!r}")
-
-        choice("model", MODELS)
-        choice("data", DATASETS)
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        integer("depth", 1)
-        if self.width is not None:
-            integer("width", 1)
-        integer("epochs", 1)
-        integer("warmup_epochs", 0)
-        integer("batch_size", 1)
-        integer("seed", 0)
+        spec = get_model_spec(self.model) if isinstance(self.model, str) and self.model in model_names() else None
+        if spec is None:
+            fail("model", f"must be one of {', '.join(model_names())}, got {self.model!r}")
+        for name, options in (("data", DATASETS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            _validate.one_of(flag_of(name), getattr(self, name), options)
+        for name, low in (("depth", 1), ("width", 1), ("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1),
+                          ("seed", 0)):
+            if getattr(self, name) is not None:
+                _validate.integer(flag_of(name), getattr(self, name), ge=low)
         if self.blocks is not None:
-            self._check_blocks(fail)
+            self._check_blocks(spec, fail)
         if self.warmup_epochs >= self.epochs:
             fail("warmup_epochs", f"must be below --epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.lr is not None:
-            real("lr", 0.0, math.inf, True, True)
-        real("weight_decay", 0.0, math.inf, False, True)
-        real("label_smoothing", 0.0, 1.0, False, True)
-        real("shortcut_weight", 0.0, 1.0, False, True)
-        if self.eta is not None:
-            real("eta", 0.0, 1.0, True, True)
-            if not self._uses_eta:
-                fail("eta", "applies to --activation trelu with a vanilla model only")
-        if self.shortcut_weight != 0.0 and self.model != "vanilla_resnet":
-            fail("shortcut_weight", "applies to --model vanilla_resnet only")
-        if self.model == "resnet" and self.activation not in (None, "relu"):
-            fail("activation", f"the resnet baseline uses ReLU with BatchNorm, not {self.activation}; "
-                               "other activations are for the vanilla models")
+            _validate.real(flag_of("lr"), self.lr, gt=0.0)
+        _validate.real(flag_of("weight_decay"), self.weight_decay, ge=0.0)
+        _validate.real(flag_of("label_smoothing"), self.label_smoothing, ge=0.0, lt=1.0)
+        _validate.real(flag_of("shortcut_weight"), self.shortcut_weight, ge=0.0, lt=1.0)
         if self.activation is not None and not isinstance(self.activation, str):
             fail("activation", f"must be a name, got {self.activation!r}")
+        if self.eta is not None:
+            _validate.eta(flag_of("eta"), self.eta)
+            if not spec.uses_eta(self.activation):
+                fail("eta", "applies to --activation trelu with a vanilla model only")
+        if self.shortcut_weight != 0.0 and not spec.takes_shortcut_weight:
+            fail("shortcut_weight", f"does not apply to --model {self.model}")
+        if spec.activations is not None and self.activation not in (None,) + spec.activations:
+            fail("activation", f"--model {self.model} takes {', '.join(spec.activations)}, not {self.activation}"
+                               + ("; the resnet baseline uses ReLU with BatchNorm, other activations are for the "
+                                  "vanilla models" if spec.batch_norm else ""))
         if self.data_dir is not None and self.data != "cifar10":
             fail("data_dir", f"applies to --data cifar10 only, not {self.data}")
         if self.data == "cifar10" and self.data_dir is None:
             fail("data_dir", "--data cifar10 needs the folder with its python batches")
+        for name in ("amp", "channels_last", "compile", "resume"):
+            _validate.boolean(flag_of(name), getattr(self, name))
         if self.resume and self.out is None:
             fail("resume", "needs --out (the directory of the run to continue)")
-        for flag in ("amp", "channels_last", "compile", "resume"):
-            if not isinstance(getattr(self, flag), bool):
-                fail(flag, f"must be a bool, got {getattr(self, flag)!r}")
         if not isinstance(self.device, str) or not self.device:
             fail("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
-    def _check_blocks(self, fail) -> None:
+    def _check_blocks(self, spec, fail) -> None:
         blocks = self.blocks
         if (isinstance(blocks, (str, bytes)) or not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 4
                 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks)):
             fail("blocks", f"must be 1 to 4 integers >= 1 (bottleneck blocks per stage), got {blocks!r}")
-        if self.model == "vanilla_mlp":
+        if not spec.takes_blocks:
             fail("blocks", "applies to the resnet models only")
         if self.depth != 3 * sum(blocks) + 2:
             fail("blocks", f"{','.join(map(str, blocks))} (bottleneck) gives depth {3 * sum(blocks) + 2}; "
@@ -170,71 +208,37 @@ class TrainConfig:
 # Settings that may differ between a run and its --resume: where it runs and how far it goes.
 # --epochs may grow only with the constant schedule (a cosine schedule's shape depends on it).
 RESUMABLE_CHANGES = ("device", "compile", "out", "resume")
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _int_tuple(text: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def flag_of(name: str) -> str:
+    """The ``tat-ext train`` flag of the TrainConfig field ``name`` ("warmup_epochs" -> "--warmup-epochs")."""
+    return _FIELDS[name].metadata["flag"]
 
 
 def add_arguments(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None,
-                  exclude: tuple = ()) -> None:
-    """The ``tat-ext train`` flags (every :class:`TrainConfig` field but ``exclude``), with
-    ``defaults`` (default: TrainConfig())."""
-    from tat_ext.models import activation_choices
-
+                  exclude: Tuple[str, ...] = ()) -> None:
+    """The ``tat-ext train`` flags, generated from the :class:`TrainConfig` fields' metadata
+    (every field but ``exclude``), with the values of ``defaults`` (default: TrainConfig())."""
     d = TrainConfig() if defaults is None else defaults
-    class _Group:
-        def __init__(self, title: str) -> None:
-            self.group = parser.add_argument_group(title)
-
-        def add_argument(self, flag: str, **kwargs) -> None:
-            if flag[2:].replace("-", "_") not in exclude:
-                self.group.add_argument(flag, **kwargs)
-
-    g = _Group("model")
-    g.add_argument("--model", choices=MODELS, default=d.model, help=f"network family (default {d.model})")
-    g.add_argument("--depth", type=int, default=d.depth,
-                   help=f"resnets: 18/34/50/101/152/200; vanilla_mlp: hidden layers (default {d.depth})")
-    g.add_argument("--blocks", type=_int_tuple, default=d.blocks, metavar="B1,B2,...",
-                   help="resnets: a custom plan of 1-4 stages of bottleneck blocks (e.g. 1,1,1) instead of "
-                        "depth's standard one; --depth must be 3*sum+2 (its nonlinear layers + 1)")
-    g.add_argument("--width", type=int, help="resnets: first stage's inner width (default 8); "
-                                             "vanilla_mlp: hidden units (default 128)")
-    g.add_argument("--activation", default=d.activation, metavar="NAME",
-                   help="trelu (TAT; default for the vanilla models), relu (Edge-of-Chaos baseline; the "
-                        "resnet baseline's only one), tat-<smooth>, dks-<name>: " + ", ".join(activation_choices()))
-    g.add_argument("--eta", type=float, help=f"TAT target C_f(0) for trelu (default {_DEFAULT_ETA})")
-    g.add_argument("--shortcut-weight", type=float, default=d.shortcut_weight,
-                   help="vanilla_resnet: 0 = no shortcuts (default); w in (0, 1) = rescaled ResNet")
-    g = _Group("data")
-    g.add_argument("--data", choices=DATASETS, default=d.data, help="default digits (ships with scikit-learn)")
-    g.add_argument("--data-dir", help="cifar10: folder with data_batch_1..5 and test_batch (never downloaded)")
-    g = _Group("optimization")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                   help="adam (AdamW: decoupled weight decay; default) or sgd (Nesterov momentum 0.9)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default 3e-4 for adam, 3e-3 for sgd)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default 0")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default 0")
-    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                   help="cosine decay to 0 over --epochs (default) or constant")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="linear warm-up (default 0)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"global batch, split across torchrun processes (default {d.batch_size})")
-    g.add_argument("--seed", type=int, default=d.seed, help="initialization and data order (default 0)")
-    g = _Group("execution")
-    g.add_argument("--device", default=d.device, help="auto (default: cuda if available), cpu, cuda, cuda:N")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--out", help="run directory: config.json, metrics.jsonl, curves.png, checkpoint.pt")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    groups: Dict[str, Any] = {}
+    for name, field in _FIELDS.items():
+        if name in exclude:
+            continue
+        meta = field.metadata
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        kwargs = dict(meta["argparse"])
+        if callable(kwargs.get("choices")):
+            kwargs["choices"] = kwargs["choices"]()
+        help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
+        default = getattr(d, name)
+        if default not in (None, False) and "default" not in help_text:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text += f" (default {shown})"
+        groups[meta["group"]].add_argument(meta["flag"], dest=name, default=default, help=help_text, **kwargs)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``tat-ext train`` flags."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS})

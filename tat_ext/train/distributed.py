@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist
+
+from tat_ext.errors import UserError
+from tat_ext.utils.devices import resolve_device
 
 __all__ = ["GlobalBatchSampler", "Processes", "setup_processes"]
 
@@ -67,42 +70,22 @@ class Processes:
             dist.destroy_process_group()
 
 
-def _resolve_device(name: str, local_rank: Optional[int]) -> torch.device:
-    """Raises ValueError for a device this machine does not have."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
-        index = device.index if device.index is not None else (local_rank or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-        device = torch.device("cuda", index)
-    return device
-
-
 def setup_processes(device: str) -> Processes:
     """Join the torchrun process group if launched by torchrun; resolve the device.
 
     Under torchrun each process uses GPU ``LOCAL_RANK`` (``--device cuda``) or the CPU.
 
     Raises:
-        ValueError: the device is not available.
+        UserError: the device is not available (named as ``--device``).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Processes(0, 1, _resolve_device(device, None))
+        return Processes(0, 1, resolve_device(device))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda:"):
-        raise ValueError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK; pass --device cuda "
-                         "(and CUDA_VISIBLE_DEVICES to choose the GPUs)")
-    resolved = _resolve_device(device, local_rank)
+        raise UserError("--device", f"{device}: under torchrun each process uses GPU LOCAL_RANK; pass --device cuda "
+                                    "(and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+    resolved = resolve_device(device, default_index=local_rank)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     owns_group = not dist.is_initialized()
@@ -120,11 +103,11 @@ class GlobalBatchSampler:
 
     def __init__(self, num_examples: int, batch_size: int, rank: int, world: int) -> None:
         if batch_size % world:
-            raise ValueError(f"--batch-size: the global batch {batch_size} must be divisible by the "
-                             f"number of processes ({world})")
+            raise UserError("--batch-size", f"the global batch {batch_size} must be divisible by the "
+                                            f"number of processes ({world})")
         if batch_size > num_examples:
-            raise ValueError(f"--batch-size: {batch_size} is larger than the training set "
-                             f"({num_examples} examples)")
+            raise UserError("--batch-size", f"{batch_size} is larger than the training set "
+                                            f"({num_examples} examples)")
         self.num_examples, self.batch_size, self.rank, self.world = num_examples, batch_size, rank, world
 
     def __len__(self) -> int:

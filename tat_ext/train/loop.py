@@ -18,8 +18,9 @@ import signal
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +29,16 @@ from torch import nn
 from tat_ext import datasets
 from tat_ext.train import checkpoint as ckpt_io
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
-from tat_ext.train.config import Diverged, TrainConfig, TrainError
+from tat_ext.errors import RunError, UserError
+from tat_ext.train.config import Diverged, TrainConfig, TrainError, flag_of
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
+from tat_ext.utils.progress import progress_bar
 
 __all__ = ["TrainResult", "evaluate", "train"]
 
 _EVAL_BATCH = 512
+_SETTINGS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -156,16 +160,35 @@ def train(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
         TrainError: a user mistake (settings, device, data, output directory, checkpoint), raised
             before anything is written; the message names the flag or file.
         Diverged: the loss became non-finite (the state of the epoch is not saved).
+        RunError: a file of the run could not be written (e.g. the disk is full); the previous
+            checkpoint is kept.
     """
     config = config.resolved()
     try:
         procs = setup_processes(config.device)
-    except ValueError as error:
-        raise TrainError(str(error)) from None
+    except UserError as error:
+        raise TrainError(error.argument, error.detail) from None
     try:
-        return _Run(config, procs, progress=progress, verbose=verbose, data=data).run(handle_signals)
+        try:
+            run = _Run(config, procs, progress=progress, verbose=verbose, data=data)
+        except TrainError:
+            raise
+        except UserError as error:  # from the data, the device or the batch sampler
+            raise TrainError(error.argument, error.detail) from None
+        return run.run(handle_signals)
     finally:
         procs.close()
+
+
+def _write(out: str, name: str, write: Callable[[str], None]) -> None:
+    """``write(out/name)``; a failed write (e.g. a full disk) ends the run with one line naming the
+    file and the OS error (the atomic write left the previous file as it was)."""
+    path = os.path.join(out, name)
+    try:
+        write(path)
+    except OSError as error:
+        raise RunError(f"cannot write {path}: {error.strerror or error} (errno {error.errno}); nothing partial "
+                       f"was left and the previous {name}, if any, is kept") from None
 
 
 class _Run:
@@ -178,15 +201,15 @@ class _Run:
         try:
             self.data = datasets.load(config.data, config.data_dir) if data is None else data
         except ValueError as error:
-            raise TrainError(f"--data {config.data}: {error}") from None
+            raise TrainError("--data", f"--data {config.data}: {error}") from None
         try:
             model, self.resolved = build_model(config, self.data)
+        except UserError as error:  # the builder's argument is a setting: name its flag
+            flag = flag_of(error.argument) if error.argument in _SETTINGS else "--model"
+            raise TrainError(flag, error.detail if flag != "--model" else f"{config.model}: {error}") from None
         except ValueError as error:
-            raise TrainError(f"--model {config.model}: {error}") from None
-        try:
-            self.sampler = GlobalBatchSampler(len(self.data.train), config.batch_size, procs.rank, procs.world)
-        except ValueError as error:
-            raise TrainError(str(error)) from None
+            raise TrainError("--model", f"{config.model}: {error}") from None
+        self.sampler = GlobalBatchSampler(len(self.data.train), config.batch_size, procs.rank, procs.world)
         self.resolved.update(
             world_size=procs.world, device=str(self.device), torch=str(torch.__version__),
             train_examples=len(self.data.train), test_examples=len(self.data.test),
@@ -204,6 +227,7 @@ class _Run:
         self.epoch, self.batch, self.partial, self.history = 0, 0, _EpochSums(), []
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.started_over = config.resume and checkpoint is None
         if config.out is not None and procs.is_main:  # only now: every check has passed
             ckpt_io.write_config(config.out, config, self.resolved)
         self.model = self._wrap(self.core)
@@ -219,10 +243,10 @@ class _Run:
             try:
                 message = ("ok", ckpt_io.prepare_run_dir(self.config))
             except TrainError as error:
-                message = ("error", str(error))
+                message = ("error", (error.argument, error.detail))
         kind, payload = self.procs.broadcast(message)
         if kind == "error":
-            raise TrainError(payload)
+            raise TrainError(*payload)
         return payload
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
@@ -236,10 +260,10 @@ class _Run:
             self.partial = _EpochSums(**partial)
             self.history = list(ckpt["history"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise TrainError(f"--resume: {self.config.out}/{ckpt_io.CHECKPOINT} does not fit this model "
+            raise TrainError("--resume", f"{self.config.out}/{ckpt_io.CHECKPOINT} does not fit this model "
                              f"({type(error).__name__}: {str(error).splitlines()[0]}); it was left as it is") from None
         if self.batch >= len(self.sampler) or len(self.history) != self.epoch:
-            raise TrainError(f"--resume: {self.config.out}/{ckpt_io.CHECKPOINT} is inconsistent "
+            raise TrainError("--resume", f"{self.config.out}/{ckpt_io.CHECKPOINT} is inconsistent "
                              f"(epoch {self.epoch}, batch {self.batch}, {len(self.history)} metrics rows)")
 
     def _wrap(self, core: nn.Module) -> nn.Module:
@@ -262,9 +286,18 @@ class _Run:
         config = self.config
         if self.verbose:
             self._print_header()
-            if self.epoch or self.batch:
-                print(f"resuming {self.config.out} at epoch {self.epoch + 1}, step {self.batch}/{len(self.sampler)}",
+            if self.started_over:
+                print(f"--resume: {config.out} holds {ckpt_io.CONFIG} but no {ckpt_io.CHECKPOINT} (the run stopped "
+                      "before its first epoch ended): starting from epoch 1", flush=True)
+            elif self.epoch >= config.epochs:
+                last = self.history[-1]
+                print(f"--resume: the run in {config.out} is already complete ({self.epoch} of {config.epochs} "
+                      f"epochs; final test accuracy {last['test_acc']:.2%}): nothing to train. To train longer, "
+                      "pass a larger --epochs (runs made with --schedule constant only)", flush=True)
+            elif self.epoch or self.batch:
+                print(f"resuming {config.out} at epoch {self.epoch + 1}, step {self.batch}/{len(self.sampler)}",
                       flush=True)
+        finished_before = self.epoch >= config.epochs
         with _StopRequest(handle_signals, announce=self.procs.is_main) as stop:
             while self.epoch < config.epochs:
                 epoch_start = self.order.get_state()
@@ -275,7 +308,7 @@ class _Run:
                 self._finish_epoch()
                 if self.procs.any(stop.requested):
                     return self._interrupted(0)
-        if self.verbose and self.history:
+        if self.verbose and self.history and not finished_before:
             last = self.history[-1]
             print(f"final test accuracy: {last['test_acc']:.2%} (test loss {last['test_loss']:.4f}) "
                   f"after {last['epoch']} epochs")
@@ -332,10 +365,8 @@ class _Run:
     def _bar(self, steps: int):
         if not self.progress:
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=steps, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                    unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+        return progress_bar(total=steps, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                            unit="step")
 
     def _evaluate(self) -> tuple:
         """Test loss (the training objective) and accuracy; each process takes a share."""
@@ -374,7 +405,7 @@ class _Run:
         out = self.config.out
         if out is None or not self.procs.is_main:
             return
-        ckpt_io.save_checkpoint(out, {
+        payload = {
             "config": self.config.as_dict(),
             "resolved": self.resolved,
             "model": self.core.state_dict(),
@@ -385,10 +416,11 @@ class _Run:
             "batch": batch,
             "partial": self.partial.as_dict() if batch else _EpochSums().as_dict(),
             "history": self.history,
-        })
+        }
+        _write(out, ckpt_io.CHECKPOINT, lambda path: ckpt_io.save_checkpoint(out, payload))
         if batch == 0:
-            write_metrics(os.path.join(out, ckpt_io.METRICS), self.history)
-            plot_curves(os.path.join(out, ckpt_io.CURVES), self.history, self._title())
+            _write(out, ckpt_io.METRICS, lambda path: write_metrics(path, self.history))
+            _write(out, ckpt_io.CURVES, lambda path: plot_curves(path, self.history, self._title()))
 
     def _title(self) -> str:
         c, act = self.config, self.resolved.get("activation", {})
@@ -403,6 +435,9 @@ class _Run:
               f"{self.resolved['train_examples']} train / {self.resolved['test_examples']} test examples; "
               f"device {self.device}" + (f" x {self.procs.world} processes" if self.procs.distributed else ""),
               flush=True)
+        if self.config.schedule == "cosine" and self.config.out is not None and not self.config.resume:
+            print(f"note: the cosine schedule decays to 0 at epoch {self.config.epochs}, so this run's length is "
+                  "fixed: --resume can finish it but not extend it (--schedule constant can be extended)", flush=True)
 
     def _interrupted(self, batch: int) -> TrainResult:
         if self.procs.is_main:

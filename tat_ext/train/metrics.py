@@ -5,11 +5,11 @@ and ``--resume`` they always match the checkpoint (no missing or duplicated epoc
 """
 from __future__ import annotations
 
-import io
 import json
 from typing import Dict, List, Sequence
 
-from tat_ext.train.files import atomic_write
+from tat_ext.utils.files import write_text_atomic
+from tat_ext.utils.plots import figure, save_png
 
 __all__ = ["METRIC_KEYS", "plot_curves", "write_metrics"]
 
@@ -19,8 +19,7 @@ METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"
 
 def write_metrics(path: str, history: Sequence[Dict[str, float]]) -> None:
     """Write ``history`` as JSON lines, atomically."""
-    text = "".join(json.dumps(row, sort_keys=False) + "\n" for row in history)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_text_atomic(path, "".join(json.dumps(row, sort_keys=False) + "\n" for row in history))
 
 
 def plot_curves(path: str, history: Sequence[Dict[str, float]], title: str) -> None:
@@ -28,12 +27,8 @@ def plot_curves(path: str, history: Sequence[Dict[str, float]], title: str) -> N
 
     Uses matplotlib's Agg canvas directly: no GUI backend, and the caller's pyplot state is left alone.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     epochs: List[int] = [row["epoch"] for row in history]
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(10, 4), dpi=100)
     for i, (metric, label) in enumerate((("loss", "loss"), ("acc", "accuracy"))):
         ax = fig.add_subplot(1, 2, i + 1)
         for split, style in (("train", "-o"), ("test", "-s")):
@@ -46,6 +41,4 @@ def plot_curves(path: str, history: Sequence[Dict[str, float]], title: str) -> N
         ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    save_png(fig, path)

@@ -36,178 +36,36 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from tat_ext import datasets
-from tat_ext.models.common import STANDARD_DEPTHS, stage_plan
+from tat_ext import _validate, datasets
+from tat_ext.errors import RunError, UserError
 from tat_ext.train.config import Diverged, TrainConfig, TrainError
-from tat_ext.train.files import atomic_write, remove_stale_temporaries
 from tat_ext.train.loop import evaluate, train
+from tat_ext.train.sweep_grid import RunSpec, SweepSettings, layers_of
+from tat_ext.train.sweep_report import write_report
+from tat_ext.utils.files import ensure_writable_dir, remove_stale_temporaries, write_json_atomic
+from tat_ext.utils.machine import environment
+from tat_ext.utils.progress import progress_bar
 
-__all__ = ["DEFAULT_DEPTHS", "DEFAULT_LRS", "DEFAULT_METHODS", "METHODS", "SWEEP_DEFAULTS", "Method", "RunSpec",
-           "SweepResult", "SweepSettings", "WorkerDied", "depth_plan", "layers_of", "run_sweep", "trelu_eta"]
-
-
-class WorkerDied(RuntimeError):
-    """A worker process ended without reporting its run (killed, out of memory, ...)."""
-
-
-@dataclass(frozen=True)
-class Method:
-    """A compared method: its label and the model/activation a run of it trains."""
-
-    label: str
-    model: str
-    activation: Optional[str]
+__all__ = ["SweepResult", "WorkerDied", "run_sweep"]
 
 
-METHODS: Dict[str, Method] = {
-    "trelu": Method("TAT (TReLU)", "vanilla_resnet", "trelu"),
-    "relu": Method("EOC ReLU", "vanilla_resnet", "relu"),
-    "resnet": Method("ResNet+BN", "resnet", None),
-}
-DEFAULT_METHODS = ("trelu", "relu", "resnet")
-DEFAULT_DEPTHS = (10, 25, 50, 100, 200)
-DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # Adam
-DEFAULT_SEEDS = 3
-DEFAULT_ETA = 0.9
-VALIDATION_EVERY = 5
-# The shared training settings: the default grid of 180 runs took 62 min with 2 workers on the
-# 2-core development VM (bench/results/sweep_depth.md).
-SWEEP_DEFAULTS = TrainConfig(model="vanilla_resnet", width=8, data="digits", optimizer="adam", epochs=10,
-                             batch_size=128)
-# Settings that each run sets itself; the others are the sweep's shared training settings.
-_PER_RUN = ("model", "depth", "blocks", "activation", "eta", "lr", "seed", "out", "resume")
-# Shared settings that do not change a run's result beyond rounding: may differ on resume.
-_NOT_IDENTITY = ("device", "compile")
 _STATE, _TABLE, _PLOT = "sweep.json", "sweep.md", "sweep.png"
 _FORMAT = "tat-ext-sweep/1"
-_MIN_DEPTH = 4  # one bottleneck block (3 layers) and the final activation
 
 
-def depth_plan(depth: int) -> Tuple[int, ...]:
-    """Bottleneck blocks per stage for ``depth`` nonlinear layers (see the module docstring).
-
-    Raises:
-        ValueError: ``depth`` < 4 (one block and the final activation).
-    """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < _MIN_DEPTH:
-        raise ValueError(f"depth must be an int >= {_MIN_DEPTH} nonlinear layers, got {depth!r}")
-    count = round((depth - 1) / 3)  # (depth − 1)/3 is never halfway between integers
-    if 3 * count + 2 in STANDARD_DEPTHS:  # 50, 101, 152, 200 (18 and 34 are never 3B + 2)
-        return stage_plan(3 * count + 2, 1).blocks
-    stages = min(count, 4)
-    blocks = [count // stages] * stages
-    for stage in (2, 1, 0)[: count % stages]:
-        blocks[stage] += 1
-    return tuple(blocks)
-
-
-def layers_of(blocks: Sequence[int]) -> int:
-    """Nonlinear layers on the deepest path of a plan of bottleneck blocks."""
-    return 3 * sum(blocks) + 1
-
-
-def trelu_eta(layers: int, target: float = DEFAULT_ETA) -> float:
-    """TAT's η for a chain of ``layers`` TReLU layers: ``target`` if reachable, else the largest
-    reachable η (ReLU's C_f(0)) rounded down to two decimals (see the module docstring)."""
-    from tat_ext.cmaps import trelu_chain_c_map
-
-    reachable = trelu_chain_c_map(0.0, 0.0, layers)
-    return target if reachable >= target else math.floor(reachable * 100) / 100
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of the grid."""
-
-    method: str
-    depth: int
-    lr: float
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.method}/d{self.depth}/lr{self.lr:g}/s{self.seed}"
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """What a sweep runs. ``base`` holds the shared training settings; each run sets the fields of
-    ``_PER_RUN`` itself. ``seeds``: seeds 0 … seeds − 1."""
-
-    base: TrainConfig = SWEEP_DEFAULTS
-    depths: Tuple[int, ...] = DEFAULT_DEPTHS
-    methods: Tuple[str, ...] = DEFAULT_METHODS
-    seeds: int = DEFAULT_SEEDS
-    lrs: Tuple[float, ...] = DEFAULT_LRS
-    eta: float = DEFAULT_ETA
-    threads: int = 1
-    validation_every: int = VALIDATION_EVERY
-
-    def check(self) -> None:
-        """Raises TrainError naming the option of the first bad setting."""
-        def fail(option: str, message: str) -> None:
-            raise TrainError(f"{option}: {message}")
-
-        for option, values in (("--depths", self.depths), ("--methods", self.methods), ("--lrs", self.lrs)):
-            if not values:
-                fail(option, "needs at least one value")
-            duplicates = sorted({v for v in values if list(values).count(v) > 1}, key=str)
-            if duplicates:
-                fail(option, f"{', '.join(map(str, duplicates))} listed more than once")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            fail("--methods", f"unknown {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}")
-        layers: Dict[int, int] = {}
-        for depth in self.depths:
-            try:
-                plan = layers_of(depth_plan(depth))
-            except ValueError as error:
-                fail("--depths", str(error))
-            if plan in layers:
-                fail("--depths", f"{layers[plan]} and {depth} both map to {plan} nonlinear layers")
-            layers[plan] = depth
-        if any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf for lr in self.lrs):
-            fail("--lrs", f"learning rates must be finite numbers > 0, got {list(self.lrs)}")
-        for option, value in (("--seeds", self.seeds), ("--threads", self.threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(option, f"must be an integer >= 1, got {value!r}")
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 < self.eta < 1:
-            fail("--eta", f"must lie in (0, 1), got {self.eta!r}")
-        for spec in self.runs()[:1]:
-            self.config(spec)  # the shared settings, checked by TrainConfig
-
-    def runs(self) -> List[RunSpec]:
-        """Every run, longest first (deepest, then the BatchNorm net), so workers finish together."""
-        specs = [RunSpec(m, d, float(lr), s) for d in self.depths for m in self.methods for lr in self.lrs
-                 for s in range(self.seeds)]
-        return sorted(specs, key=lambda r: (-r.depth, METHODS[r.method].model != "resnet"))
-
-    def config(self, spec: RunSpec) -> TrainConfig:
-        """The resolved TrainConfig of ``spec`` (raises TrainError on a bad shared setting)."""
-        method, blocks = METHODS[spec.method], depth_plan(spec.depth)
-        eta = trelu_eta(layers_of(blocks), self.eta) if method.activation == "trelu" else None
-        return dataclasses.replace(self.base, model=method.model, depth=layers_of(blocks) + 1, blocks=blocks,
-                                   activation=method.activation, eta=eta, lr=spec.lr, seed=spec.seed,
-                                   out=None, resume=False).resolved()
-
-    def identity(self) -> Dict[str, Any]:
-        """The settings that decide a run's result apart from its own (method, depth, lr, seed)."""
-        shared = {k: v for k, v in self.base.as_dict().items() if k not in _PER_RUN + _NOT_IDENTITY}
-        shared["width"] = self.base.resolved().width
-        return {**shared, "eta": self.eta, "validation_every": self.validation_every}
+class WorkerDied(RunError):
+    """A worker process ended without reporting its run (killed, out of memory, ...)."""
 
 
 @dataclass
@@ -340,7 +198,7 @@ def _load_state(out: str, settings: SweepSettings) -> Dict[str, Any]:
     """
     path = os.path.join(out, _STATE)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise TrainError(f"--out: {out} exists and is not a directory")
+        raise TrainError("--out", f"{out} exists and is not a directory")
     if not os.path.exists(path):
         return {"runs": {}, "invocations": []}
     try:
@@ -351,21 +209,20 @@ def _load_state(out: str, settings: SweepSettings) -> Dict[str, Any]:
             raise ValueError(f"not a {_FORMAT} file")
         saved = state["settings"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise TrainError(f"--out: {path} is unreadable ({type(error).__name__}: {error}); it was left as it is; "
+        raise TrainError("--out", f"{path} is unreadable ({type(error).__name__}: {error}); it was left as it is; "
                          "use another --out") from None
     current = json.loads(json.dumps(settings.identity()))  # as JSON gives it back
     diff = [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
             if saved.get(k) != current.get(k)]
     if diff:
-        raise TrainError(f"--out: {path} holds a sweep with other settings ({'; '.join(diff)}); use the same "
+        raise TrainError("--out", f"{path} holds a sweep with other settings ({'; '.join(diff)}); use the same "
                          "settings to continue it, or another --out")
     return {"runs": state["runs"], "invocations": state["invocations"]}
 
 
 def _save_state(out: str, settings: SweepSettings, state: Dict[str, Any]) -> None:
-    state = {"format": _FORMAT, "settings": settings.identity(), "updated": _now(), **state}
-    text = json.dumps(state, indent=1) + "\n"
-    atomic_write(os.path.join(out, _STATE), lambda f: f.write(text.encode()))
+    write_json_atomic(os.path.join(out, _STATE),
+                      {"format": _FORMAT, "settings": settings.identity(), "updated": _now(), **state})
 
 
 @contextlib.contextmanager
@@ -387,8 +244,6 @@ def _sigterm_as_interrupt():
 
 def _machine() -> Dict[str, Any]:
     """Where the runs ran, for the report."""
-    from tat_ext.tools.common import environment
-
     env = environment()
     return {"cpu": env["cpu"], "cores": os.cpu_count(), "torch": env["torch"], "python": env["python"],
             "tat_ext": env["tat_ext"]}
@@ -396,12 +251,6 @@ def _machine() -> Dict[str, Any]:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z")
-
-
-def _progress_bar(total: int, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="run", desc="sweep", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
 
 def run_sweep(settings: SweepSettings, out: str, *, workers: Optional[int] = None, progress: bool = True,
@@ -421,14 +270,14 @@ def run_sweep(settings: SweepSettings, out: str, *, workers: Optional[int] = Non
         TrainError: a bad setting (named by its option), an unreadable ``sweep.json``, or one
             made with other training settings; raised before anything is written.
     """
-    from tat_ext.train.sweep_report import write_report
-
     settings.check()
     if workers is None:
         workers = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                       // settings.threads)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise TrainError(f"--workers: must be an integer >= 1, got {workers!r}")
+    try:
+        workers = _validate.integer("--workers", workers, ge=1)
+    except (TypeError, ValueError) as error:
+        raise TrainError("--workers", str(error)) from None
     state = _load_state(out, settings)
     runs = state["runs"]
     try:
@@ -436,22 +285,23 @@ def run_sweep(settings: SweepSettings, out: str, *, workers: Optional[int] = Non
     except ValueError as error:
         raise TrainError(f"--data {settings.base.data}: {error}") from None
     if settings.base.batch_size > len(fit.train):
-        raise TrainError(f"--batch-size: {settings.base.batch_size} is larger than the training part "
+        raise TrainError("--batch-size", f"{settings.base.batch_size} is larger than the training part "
                          f"({len(fit.train)} examples after holding out the validation part)")
     try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        raise TrainError(f"--out: cannot create {out} ({error.strerror})") from None
+        ensure_writable_dir(out, "--out")
+    except UserError as error:
+        raise TrainError(error.argument, error.detail) from None
     remove_stale_temporaries(out, (_STATE, _TABLE, _PLOT))
     specs = settings.runs()
     todo = [(s, settings.config(s), settings.validation_every) for s in specs
             if runs.get(s.key, {}).get("status") not in ("done", "diverged")]
     started, started_at = time.perf_counter(), _now()
-    bar = _progress_bar(len(todo), progress)
-    errors = 0
+    bar = progress_bar(total=len(todo), unit="run", desc="sweep", disable=not progress)
+    errors = finished = 0
 
     def on_done(record: Dict[str, Any]) -> None:
-        nonlocal errors
+        nonlocal errors, finished
+        finished += 1
         key = RunSpec(record["method"], record["depth"], record["lr"], record["seed"]).key
         runs[key] = record
         errors += record["status"] == "error"
@@ -473,7 +323,7 @@ def run_sweep(settings: SweepSettings, out: str, *, workers: Optional[int] = Non
         bar.close()
         wall = time.perf_counter() - started
         if todo:
-            state["invocations"].append({"started": started_at, "wall_seconds": wall, "runs": bar.n,
+            state["invocations"].append({"started": started_at, "wall_seconds": wall, "runs": finished,
                                          "workers": min(workers, len(todo)), "threads": settings.threads,
                                          "interrupted": interrupted, **_machine(), **(meta or {})})
             _save_state(out, settings, state)

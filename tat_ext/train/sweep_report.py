@@ -12,13 +12,14 @@ Rules (also printed in the report):
 """
 from __future__ import annotations
 
-import io
 import os
 import statistics
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from tat_ext.train.files import atomic_write
+from tat_ext.train.sweep_grid import METHODS, RunSpec, SweepSettings, depth_plan, layers_of, trelu_eta
+from tat_ext.utils.files import write_text_atomic
+from tat_ext.utils.plots import figure, save_png
 
 __all__ = ["TRAINED_THRESHOLD", "Cell", "RateSummary", "aggregate", "format_report", "format_summary", "plot_sweep",
            "write_report"]
@@ -88,10 +89,9 @@ def _summarize(lr: float, seeds: int, records: Sequence[Dict[str, Any]]) -> Rate
                        statistics.fmean(seconds) if seconds else None)
 
 
-def aggregate(settings, records: Dict[str, Dict[str, Any]]) -> List[Cell]:
+def aggregate(settings: SweepSettings, records: Dict[str, Dict[str, Any]]) -> List[Cell]:
     """One :class:`Cell` per (method, depth) of ``settings`` (a SweepSettings), depth-major."""
-    from tat_ext.train.sweep import METHODS, RunSpec, depth_plan, layers_of, trelu_eta
-    from tat_ext.transform import solve_trelu
+    from tat_ext.transform import solve_trelu  # deferred: SciPy
 
     cells = []
     for depth in settings.depths:
@@ -145,8 +145,6 @@ def _summary_cell(cell: Cell) -> str:
 def format_summary(settings, cells: Sequence[Cell]) -> str:
     """The main table: per depth and method the test accuracy at the chosen rate, the rate, and
     how many rates trained at all (markdown)."""
-    from tat_ext.train.sweep import METHODS
-
     lines = [f"Test accuracy (%) at the learning rate chosen on the validation part, mean ± std over "
              f"{_count(settings.seeds, 'seed')}; then the chosen rate and how many of the "
              f"{len(settings.lrs)} rates trained at all.", ""]
@@ -174,8 +172,6 @@ def _count(n: int, noun: str, plural: Optional[str] = None) -> str:
 def format_report(settings, cells: Sequence[Cell], invocations: Sequence[Dict[str, Any]],
                   examples: Dict[str, int]) -> str:
     """The markdown of ``sweep.md``: settings, machine, rules and three tables."""
-    from tat_ext.train.sweep import METHODS
-
     base = settings.base.resolved()
     n_lrs, seeds = len(settings.lrs), settings.seeds
     lines = [f"# Depth sweep: {', '.join(METHODS[m].label for m in settings.methods)} on {base.data}", ""]
@@ -247,14 +243,9 @@ def format_report(settings, cells: Sequence[Cell], invocations: Sequence[Dict[st
 def plot_sweep(path: str, settings, cells: Sequence[Cell]) -> None:
     """Test accuracy at the chosen rate against depth (mean ± std band, chosen rate written at each
     point) and the number of rates that trained at all, one line per method; atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from tat_ext.train.sweep import METHODS
-
-    fig = Figure(figsize=(12, 4.6), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(12, 4.6), dpi=110)
     acc_ax, rate_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     layers = sorted({c.layers for c in cells})
     for i, method in enumerate(settings.methods):
@@ -294,9 +285,7 @@ def plot_sweep(path: str, settings, cells: Sequence[Cell]) -> None:
     fig.suptitle(f"{base.data}: width {base.width}, {base.epochs} epochs, {base.optimizer}, batch "
                  f"{base.batch_size}; rates {', '.join(_lr(x) for x in settings.lrs)}", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    save_png(fig, path)
 
 
 def write_report(out: str, settings, records: Dict[str, Dict[str, Any]], invocations: Sequence[Dict[str, Any]],
@@ -304,5 +293,5 @@ def write_report(out: str, settings, records: Dict[str, Dict[str, Any]], invocat
     """``out/sweep.md`` and ``out/sweep.png`` from the finished runs of ``settings``' grid."""
     cells = aggregate(settings, records)
     text = format_report(settings, cells, invocations, examples)
-    atomic_write(os.path.join(out, "sweep.md"), lambda f: f.write(text.encode()))
+    write_text_atomic(os.path.join(out, "sweep.md"), text)
     plot_sweep(os.path.join(out, "sweep.png"), settings, cells)
