@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tat_ext.models import vanilla_resnet
 from tat_ext.optim import KFAC
-from tat_ext.train.files import atomic_write
+from tat_ext.utils.files import atomic_write
 
 # (label, builder kwargs, batch, input side, input channels)
 NETS = {

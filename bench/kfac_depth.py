@@ -33,7 +33,7 @@ from tat_ext import datasets
 from tat_ext.optim import KFAC
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.train.config import TrainConfig
-from tat_ext.train.files import atomic_write
+from tat_ext.utils.files import atomic_write
 from tat_ext.train.loop import evaluate
 from tat_ext.train.sweep import METHODS, depth_plan, layers_of, trelu_eta
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from tat_ext import datasets
 from tat_ext.train import checkpoint as ckpt_io
+from tat_ext.optim.kfac import KFAC
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.errors import RunError, UserError
 from tat_ext.train.config import Diverged, TrainConfig, TrainError, flag_of
@@ -332,7 +333,9 @@ class _Run:
             with _autocast(config, self.device):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum")
-            (loss * scale).backward()
+            if isinstance(self.optimizer, KFAC):
+                self.optimizer.curvature_backward(logits)  # the MC Fisher's backward (before the graph is freed)
+            (loss * scale).backward()  # the local mean: K-FAC's per-example gradients are N × its gradient
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step()
