@@ -97,16 +97,20 @@ def _forward(spec, x):
     return h
 
 
+def _damped(abar, g, t, damping):
+    """A_d, G_d from explicitly formed A, G and π."""
+    rows = abar.shape[0]
+    a, gg = abar.T @ abar / rows, g.T @ g / rows
+    pi = math.sqrt((a.trace() / a.shape[0]) / (gg.trace() / gg.shape[0]))
+    r = math.sqrt(damping / t)
+    return a + pi * r * torch.eye(a.shape[0], dtype=D), gg + r / pi * torch.eye(gg.shape[0], dtype=D)
+
+
 def _brute_update(stats, lr=LR, damping=DAMPING):
     """−lr·(1/T)·G_d⁻¹ ∇W̄ A_d⁻¹ per layer, from explicitly formed A, G, π."""
     updates = []
     for abar, g, t, grad in stats:
-        rows = abar.shape[0]
-        a, gg = abar.T @ abar / rows, g.T @ g / rows
-        pi = math.sqrt((a.trace() / a.shape[0]) / (gg.trace() / gg.shape[0]))
-        r = math.sqrt(damping / t)
-        a_d = a + pi * r * torch.eye(a.shape[0], dtype=D)
-        g_d = gg + r / pi * torch.eye(gg.shape[0], dtype=D)
+        a_d, g_d = _damped(abar, g, t, damping)
         updates.append(-lr * torch.linalg.solve(g_d, grad) @ torch.linalg.inv(a_d) / t)
     return updates
 
@@ -115,11 +119,7 @@ def _kron_update(stats, lr=LR, damping=DAMPING):
     """The same update as a solve against the explicit (dim A·out)² matrix T·(A_d ⊗ G_d)."""
     updates = []
     for abar, g, t, grad in stats:
-        rows = abar.shape[0]
-        a, gg = abar.T @ abar / rows, g.T @ g / rows
-        pi = math.sqrt((a.trace() / a.shape[0]) / (gg.trace() / gg.shape[0]))
-        r = math.sqrt(damping / t)
-        block = t * torch.kron(a + pi * r * torch.eye(a.shape[0], dtype=D), gg + r / pi * torch.eye(gg.shape[0], dtype=D))
+        block = t * torch.kron(*_damped(abar, g, t, damping))
         vec = grad.T.reshape(-1)                          # column-major vec(∇W̄)
         updates.append(-lr * torch.linalg.solve(block, vec).reshape(grad.shape[1], grad.shape[0]).T)
     return updates

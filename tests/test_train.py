@@ -109,16 +109,22 @@ def _start_mid_epoch_wait(out, proc, fraction=0.5):
     time.sleep(fraction * _rows(out)[0]["seconds"])
 
 
-def test_resume_after_sigkill_or_ctrl_c_is_bitwise(tmp_path):
-    """An uninterrupted run; one killed with SIGKILL mid-epoch; one stopped with Ctrl-C mid-epoch.
-    Both interrupted runs, resumed, end with bitwise the uninterrupted weights."""
-    whole, killed, stopped = (str(tmp_path / n) for n in ("whole", "killed", "stopped"))
-    reference = _cli(LONG + ["--out", whole])
-    proc = _cli(LONG + ["--out", killed])
+def _start_and_kill(args, whole, killed):
+    """Start the uninterrupted run (returned) and a second one, SIGKILLed in the middle of epoch 2."""
+    reference = _cli(args + ["--out", whole])
+    proc = _cli(args + ["--out", killed])
     _start_mid_epoch_wait(killed, proc)
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+    return reference
+
+
+def test_resume_after_sigkill_or_ctrl_c_is_bitwise(tmp_path):
+    """An uninterrupted run; one killed with SIGKILL mid-epoch; one stopped with Ctrl-C mid-epoch.
+    Both interrupted runs, resumed, end with bitwise the uninterrupted weights."""
+    whole, killed, stopped = (str(tmp_path / n) for n in ("whole", "killed", "stopped"))
+    reference = _start_and_kill(LONG, whole, killed)
     # A temporary left by a write cut short must neither be read nor stay behind.
     with open(os.path.join(killed, ".checkpoint.pt.tmp-99999"), "wb") as f:
         f.write(b"half a checkpoint")
@@ -153,12 +159,7 @@ def test_kfac_resume_after_sigkill_is_bitwise(tmp_path):
     mid-epoch and resumed ends with bitwise the uninterrupted weights."""
     args = TINY + ["--batch-size", "32", "--epochs", "2"] + KFAC + ["--kfac-curvature-period", "2"]
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    reference = _cli(args + ["--out", whole])
-    proc = _cli(args + ["--out", killed])
-    _start_mid_epoch_wait(killed, proc)
-    proc.kill()
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    reference = _start_and_kill(args, whole, killed)
     resumed = _cli(args + ["--out", killed, "--resume"])
     for p in (reference, resumed):
         assert p.wait(timeout=300) == 0, p.communicate()
