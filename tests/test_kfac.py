@@ -12,7 +12,8 @@ from torch import nn
 
 from tat_ext.models.layers import ActConv2d, ActLinear, EagerTReLU
 from tat_ext.nn import TATConv2d, TATLinear
-from tat_ext.optim import KFAC
+from tat_ext.optim import KFAC, CurvatureError
+from tat_ext.optim.factors import Factors
 from tat_ext.optim.sampling import sample_labels, uniforms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -490,6 +491,10 @@ def test_misuse_gives_clear_errors():
         KFAC(_mlp(), 0.1).curvature_backward(torch.zeros(3))
     with pytest.raises(ValueError, match="not a KFAC state_dict"):
         opt.load_state_dict(torch.optim.SGD(model.parameters(), 0.1).state_dict())
+    factors = Factors.zeros(3, 2, D, torch.device("cpu"))
+    factors.update(torch.full((3, 3), math.nan, dtype=D), torch.eye(2, dtype=D), 0.0, 1)
+    with pytest.raises(CurvatureError, match="not positive definite"):  # the train loop reports: diverged
+        factors.invert(1e-3)
 
 
 def test_factor_above_max_factor_dim_is_diagonal():

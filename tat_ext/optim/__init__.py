@@ -6,6 +6,7 @@
 - :mod:`~tat_ext.optim.sampling`: labels of the Monte-Carlo Fisher, keyed to (seed, step, example).
 - :mod:`~tat_ext.optim.kfac`: :class:`KFAC`, the ``torch.optim.Optimizer``.
 """
+from tat_ext.optim.factors import CurvatureError
 from tat_ext.optim.kfac import FISHERS, KFAC
 
-__all__ = ["FISHERS", "KFAC"]
+__all__ = ["CurvatureError", "FISHERS", "KFAC"]

@@ -16,7 +16,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["Factors", "damped_inverses", "pi_split"]
+__all__ = ["CurvatureError", "Factors", "damped_inverses", "pi_split"]
+
+
+class CurvatureError(RuntimeError):
+    """A damped factor could not be inverted (non-finite or numerically indefinite curvature):
+    the training is diverging; a training loop reports it as such."""
 
 
 @dataclass
@@ -104,8 +109,8 @@ def _spd_inverse(m: torch.Tensor, shift: float) -> torch.Tensor:
     m = m + shift * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
     chol, info = torch.linalg.cholesky_ex(m)
     if info.item() != 0:
-        raise RuntimeError("a damped Kronecker factor is not positive definite (non-finite curvature: "
-                           "did the loss diverge?)")
+        raise CurvatureError("a damped Kronecker factor is not positive definite (non-finite or numerically "
+                             "indefinite curvature)")
     return torch.cholesky_inverse(chol)
 
 

@@ -28,9 +28,10 @@ from torch import nn
 
 from tat_ext import datasets
 from tat_ext.train import checkpoint as ckpt_io
-from tat_ext.optim.kfac import KFAC
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.errors import RunError, UserError
+from tat_ext.optim.factors import CurvatureError
+from tat_ext.optim.kfac import KFAC
 from tat_ext.train.config import Diverged, TrainConfig, TrainError, flag_of
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
@@ -336,7 +337,11 @@ class _Run:
             if isinstance(self.optimizer, KFAC):
                 self.optimizer.curvature_backward(logits)  # the MC Fisher's backward (before the graph is freed)
             (loss * scale).backward()  # the local mean: K-FAC's per-example gradients are N × its gradient
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except CurvatureError as error:
+                raise Diverged(f"training diverged in epoch {self.epoch + 1}, step {step + 1} ({error}); this epoch "
+                               f"was not saved. Try a smaller --lr (now {config.lr:g})") from None
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step()
             loss_acc += loss.detach().double()
