@@ -529,3 +529,18 @@ def test_compiled_model_matches_eager():
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_factors_are_fp32_under_bfloat16_autocast():
+    torch.manual_seed(9)
+    model = nn.Sequential(TATLinear(5, 4, slope=0.3), nn.Linear(4, 3))
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    opt = KFAC(model, 0.1, **EXACT)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    F.cross_entropy(logits.float(), y).backward()
+    opt.step()
+    rows = torch.cat([x, torch.ones(16, 1)], dim=1)
+    assert opt.factors[0].a.dtype == torch.float32
+    # ā is the bf16-autocast input, here fp32 x itself: A to fp32 accuracy, not bf16's 1e-2
+    assert _rel(opt.factors[0].a, rows.T @ rows / 16) < 1e-6

@@ -140,11 +140,13 @@ class Layer:
 
 
 def _add_second_moment(total: Optional[torch.Tensor], rows: torch.Tensor, diagonal: bool) -> torch.Tensor:
-    """total + rowsᵀ rows, or + its diagonal Σ rows² when ``diagonal``."""
-    if diagonal:
-        part = rows.square().sum(dim=0)
-        return part if total is None else total.add_(part)
-    return rows.T @ rows if total is None else total.addmm_(rows.T, rows)
+    """total + rowsᵀ rows, or + its diagonal Σ rows² when ``diagonal``, in the rows' dtype (autocast
+    off: the hooks run inside the caller's autocast region)."""
+    with torch.autocast(rows.device.type, enabled=False):
+        if diagonal:
+            part = rows.square().sum(dim=0)
+            return part if total is None else total.add_(part)
+        return rows.T @ rows if total is None else total.addmm_(rows.T, rows)
 
 
 def _supported_conv(m: nn.Conv2d) -> bool:
