@@ -92,36 +92,51 @@ def measure(net: str, steps: int, warmup: int, inverse_period: int = 50) -> Dict
     return row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON file; the Markdown table goes next to it")
-    parser.add_argument("--nets", default=",".join(NETS))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args(argv)
-    rows = []
-    for net in args.nets.split(","):
-        rows.append(measure(net, args.steps, args.warmup))
-        print(json.dumps(rows[-1]), flush=True)
-    meta = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python bench/kfac_cost.py "
-                       f"--nets {args.nets} --steps {args.steps} --warmup {args.warmup}",
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
-    atomic_write(args.out, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    lines = [f"# K-FAC step time against Adam (CPU)", "", f"Command: `{meta['command']}`  ",
-             f"Machine: {meta['machine']}; {meta['threads']} torch threads; torch {meta['torch']}; {meta['date']}.",
-             "", "| net | batch | Adam ms | K-FAC curv. every step ms (×Adam) | K-FAC curv. every 10 ms (×Adam) "
-                 "| one inverse update ms | amortized, curv. 10 + inverses 50 (×Adam) |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
+def write_report(meta: Dict[str, Any], out: str) -> str:
+    """``out`` (JSON) and the Markdown table next to it; returns the table."""
+    atomic_write(out, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    lines = ["# K-FAC step time against Adam (CPU)", "", *(f"Command: `{c}`  " for c in meta["commands"]),
+             f"Machine: {meta['machine']}; {meta['threads']} torch thread(s); torch {meta['torch']}; {meta['date']}. "
+             "Both optimizers of a row were timed in the same process, one after the other; the machine was "
+             "shared with other jobs, so compare the ratios, not the absolute times.",
+             "", "| net | batch | Adam ms | K-FAC, curvature every step: ms (×Adam) | curvature every 10: ms (×Adam) "
+                 "| one inverse update ms | curvature 10 + inverses 50, amortized: ms (×Adam) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in meta["rows"]:
         a = r["adam_ms"]
         lines.append(f"| {r['net']} ({r['layers']} layers, {r['diagonal_factors']} diagonal factors) | {r['batch']} "
                      f"| {a:.0f} | {r['kfac_c1_ms']:.0f} ({r['kfac_c1_ms'] / a:.2f}) | {r['kfac_c10_ms']:.0f} "
                      f"({r['kfac_c10_ms'] / a:.2f}) | {r['inverse_ms']:.0f} | {r['kfac_c10_i50_ms']:.0f} "
                      f"({r['kfac_c10_i50_ms'] / a:.2f}) |")
     text = "\n".join(lines) + "\n"
-    atomic_write(os.path.splitext(args.out)[0] + ".md", lambda f: f.write(text.encode()))
-    print(text)
+    atomic_write(os.path.splitext(out)[0] + ".md", lambda f: f.write(text.encode()))
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON file; the Markdown table goes next to it")
+    parser.add_argument("--nets", default=",".join(NETS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--merge", help="only combine these JSON files of earlier runs (comma-separated) into --out")
+    args = parser.parse_args(argv)
+    if args.merge:
+        parts = [json.load(open(path)) for path in args.merge.split(",")]
+        meta = {**parts[0], "commands": [c for p in parts for c in p.get("commands", [p.get("command")])],
+                "rows": [r for p in parts for r in p["rows"]]}
+        print(write_report(meta, args.out))
+        return 0
+    rows = []
+    for net in args.nets.split(","):
+        rows.append(measure(net, args.steps, args.warmup))
+        print(json.dumps(rows[-1]), flush=True)
+    command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python bench/kfac_cost.py --nets {args.nets} "
+               f"--steps {args.steps} --warmup {args.warmup}")
+    meta = {"commands": [command], "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
+    print(write_report(meta, args.out))
     return 0
 
 
