@@ -35,7 +35,7 @@ from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.train.config import TrainConfig
 from tat_ext.utils.files import atomic_write
 from tat_ext.train.loop import evaluate
-from tat_ext.train.sweep import METHODS, depth_plan, layers_of, trelu_eta
+from tat_ext.train.sweep_grid import METHODS, depth_plan, layers_of, trelu_eta
 
 NAME = "kfac_depth"
 # Short runs (~80 steps): K-FAC needs a short curvature memory and frequent inverses.
