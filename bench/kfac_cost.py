@@ -3,9 +3,10 @@ ResNet-50, with the curvature updated every step and every 10 steps.
 
 A K-FAC step is forward + MC-Fisher backward (on curvature steps) + backward + update; every
 ``inverse_update_period`` steps it also recomputes the damped inverses. The script times the steps
-(median over ``--steps`` after ``--warmup``, inverse recomputations excluded) and one inverse
-recomputation of all layers separately, and reports the amortized step time
-step + inverse / inverse_period. Adam is torch.optim.Adam on the same model and batch.
+(mean over ``--steps`` after ``--warmup``, inverse recomputations excluded; the three optimizers'
+steps interleaved) and one inverse recomputation of all layers separately, and reports the
+amortized step time step + inverse / inverse_period. Adam is torch.optim.Adam on the same model
+and batch.
 
 Example (the committed bench/results/kfac_cost.md)::
 
@@ -19,7 +20,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 import torch
 import torch.nn.functional as F
@@ -35,60 +36,58 @@ NETS = {
 }
 
 
-def _timed(fn: Callable[[], Any], steps: int, warmup: int) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+             y: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if isinstance(opt, KFAC):
+            opt.curvature_backward(logits)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def measure(net: str, steps: int, warmup: int, inverse_period: int = 50) -> Dict[str, Any]:
+    """Adam and K-FAC (curvature every step, every 10) on one model shape and batch, their steps
+    interleaved (one of each in turn), so load changes on a shared machine hit all three alike."""
     kwargs, batch, side, channels = NETS[net]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, side, side, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
-    row: Dict[str, Any] = {"net": net, "batch": batch, "input": f"{channels}x{side}x{side}"}
-    torch.manual_seed(0)
-    model = vanilla_resnet(activation="trelu", **kwargs)
-    adam = torch.optim.Adam(model.parameters(), 1e-4)
-
-    def adam_step() -> None:
-        F.cross_entropy(model(x), y).backward()
-        adam.step()
-        adam.zero_grad(set_to_none=True)
-
-    row["adam_ms"] = 1e3 * statistics.median(_timed(adam_step, steps, warmup))
-    for period in (1, 10):
+    runs: Dict[str, Any] = {}
+    for name in ("adam", "kfac_c1", "kfac_c10"):
         torch.manual_seed(0)
         model = vanilla_resnet(activation="trelu", **kwargs)
-        # the inverses are timed apart: a period longer than the run keeps them out of the steps
-        opt = KFAC(model, 1e-5, curvature_update_period=period, inverse_update_period=10 ** 9, burnin_steps=0)
-
-        def kfac_step() -> None:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.curvature_backward(logits)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        # whole periods, so the mean holds the curvature steps in their proportion
-        times = _timed(kfac_step, max(steps, period) // period * period, warmup)
-        start = time.perf_counter()
-        for factors in opt.factors:
-            factors.invert(opt.damping)
-        inverse = time.perf_counter() - start
-        step = statistics.mean(times)
-        row[f"kfac_c{period}_ms"] = 1e3 * step
-        row[f"kfac_c{period}_i{inverse_period}_ms"] = 1e3 * (step + inverse / inverse_period)
-        row["inverse_ms"] = 1e3 * inverse
-        row["diagonal_factors"] = sum(f.a_sum.dim() == 1 for f in opt.factors) + sum(f.g_sum.dim() == 1
-                                                                                     for f in opt.factors)
-        row["layers"] = len(opt.factors)
+        if name == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+        else:  # inverses are timed apart: a period longer than the run keeps them out of the steps
+            opt = KFAC(model, 1e-5, curvature_update_period=1 if name == "kfac_c1" else 10,
+                       inverse_update_period=10 ** 9, burnin_steps=0)
+        runs[name] = (opt, _step_fn(model, opt, x, y), [])
+    for _ in range(warmup):
+        for _, fn, _ in runs.values():
+            fn()
+    steps = max(steps, 10) // 10 * 10  # whole curvature periods: the mean holds curvature steps in proportion
+    for _ in range(steps):
+        for _, fn, times in runs.values():
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    opt = runs["kfac_c1"][0]
+    start = time.perf_counter()
+    for factors in opt.factors:
+        factors.invert(opt.damping)
+    inverse = time.perf_counter() - start
+    row: Dict[str, Any] = {"net": net, "batch": batch, "input": f"{channels}x{side}x{side}", "steps": steps,
+                           "layers": len(opt.factors), "inverse_ms": 1e3 * inverse,
+                           "diagonal_factors": sum(f.a_sum.dim() == 1 for f in opt.factors)
+                           + sum(f.g_sum.dim() == 1 for f in opt.factors)}
+    for name, (_, _, times) in runs.items():
+        row[f"{name}_ms"] = 1e3 * statistics.mean(times)
+    row["kfac_c10_i50_ms"] = row["kfac_c10_ms"] + row["inverse_ms"] / inverse_period
     return row
 
 
