@@ -10,7 +10,7 @@ and batch.
 
 Example (the committed bench/results/kfac_cost.md)::
 
-    OMP_NUM_THREADS=2 python bench/kfac_cost.py --out bench/results/kfac_cost.json
+    OMP_NUM_THREADS=1 python bench/kfac_cost.py --out bench/results/kfac_cost.json --steps 10 --warmup 2
 """
 from __future__ import annotations
 
@@ -96,8 +96,9 @@ def write_report(meta: Dict[str, Any], out: str) -> str:
     atomic_write(out, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     lines = ["# K-FAC step time against Adam (CPU)", "", *(f"Command: `{c}`  " for c in meta["commands"]),
              f"Machine: {meta['machine']}; {meta['threads']} torch thread(s); torch {meta['torch']}; {meta['date']}. "
-             "Both optimizers of a row were timed in the same process, one after the other; the machine was "
-             "shared with other jobs, so compare the ratios, not the absolute times.",
+             "The three optimizers of a row were timed in one process, their steps interleaved; the machine was "
+             "shared with other jobs (load average 2-10), so compare the ratios, not the absolute times. "
+             "Goal of issue 14: at most 1.5x Adam at curvature period 10 and inverse period 50.",
              "", "| net | batch | Adam ms | K-FAC, curvature every step: ms (×Adam) | curvature every 10: ms (×Adam) "
                  "| one inverse update ms | curvature 10 + inverses 50, amortized: ms (×Adam) |",
              "|---|---|---|---|---|---|---|"]
