@@ -108,6 +108,10 @@ def write_report(meta: Dict[str, Any], out: str) -> str:
                      f"| {a:.0f} | {r['kfac_c1_ms']:.0f} ({r['kfac_c1_ms'] / a:.2f}) | {r['kfac_c10_ms']:.0f} "
                      f"({r['kfac_c10_ms'] / a:.2f}) | {r['inverse_ms']:.0f} | {r['kfac_c10_i50_ms']:.0f} "
                      f"({r['kfac_c10_i50_ms'] / a:.2f}) |")
+    lines += ["", "Nets: tat_ext.models.vanilla_resnet(50) with TReLU and the small-input stem; digits-50: width 8 on "
+              "1x8x8 inputs (its flatten head, dim A = 16,385, has a diagonal A); resnet-50: the standard width 64 on "
+              "3x32x32 inputs (the last stage's 3x3 convs, dim A = 4,609 > max_factor_dim 4096, have diagonal A). "
+              "K-FAC: MC Fisher, so a curvature step adds a backward to the pre-activations and the factor products."]
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.splitext(out)[0] + ".md", lambda f: f.write(text.encode()))
     return text
