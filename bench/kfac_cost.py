@@ -110,7 +110,7 @@ def write_report(meta: Dict[str, Any], out: str) -> str:
                      f"({r['kfac_c10_i50_ms'] / a:.2f}) |")
     lines += ["", "Nets: tat_ext.models.vanilla_resnet(50) with TReLU and the small-input stem; digits-50: width 8 on "
               "1x8x8 inputs (its flatten head, dim A = 16,385, has a diagonal A); resnet-50: the standard width 64 on "
-              "3x32x32 inputs (the last stage's 3x3 convs, dim A = 4,609 > max_factor_dim 4096, have diagonal A). "
+              "3x32x32 inputs (the last stage's 3x3 convs, dim A = 4,609 > max_factor_dim 4096, and its flatten head have diagonal A). "
               "K-FAC: MC Fisher, so a curvature step adds a backward to the pre-activations and the factor products."]
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.splitext(out)[0] + ".md", lambda f: f.write(text.encode()))
