@@ -17,7 +17,6 @@ Example (the committed bench/results/kfac_depth.*)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -33,9 +32,9 @@ from tat_ext import datasets
 from tat_ext.optim import KFAC
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.train.config import TrainConfig
-from tat_ext.utils.files import atomic_write
 from tat_ext.train.loop import evaluate
 from tat_ext.train.sweep_grid import METHODS, depth_plan, layers_of, trelu_eta
+from tat_ext.utils.files import atomic_write, write_json_atomic
 
 NAME = "kfac_depth"
 # Short runs (~80 steps): K-FAC needs a short curvature memory and frequent inverses.
@@ -99,10 +98,6 @@ def run(method: str, depth: int, optimizer: str, lr: float, seed: int, epochs: i
 
 def _key(r: Dict[str, Any]) -> str:
     return f"{r['method']}/d{r['depth']}/{r['optimizer']}/lr{r['lr']:g}/s{r['seed']}"
-
-
-def _write_json(path: str, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def _chosen(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
@@ -233,7 +228,7 @@ def main(argv=None) -> int:
             record = run(m, d, o, lr, s, args.epochs)
             state["runs"].append(record)
             state["wall_seconds"] = sum(r["seconds"] for r in state["runs"])
-            _write_json(path, state)
+            write_json_atomic(path, state)
             print(f"[{i + 1}/{len(grid)}] {key}: {record['status']} val {record['val_acc']:.3f} "
                   f"test {record['test_acc']:.3f} ({record['seconds']:.0f} s)", flush=True)
     report(state, args.out)
