@@ -23,10 +23,10 @@ import time
 from typing import Any, Callable, Dict
 
 import torch
-import torch.nn.functional as F
 
 from tat_ext.models import vanilla_resnet
 from tat_ext.optim import KFAC
+from tat_ext.optim.step import classification_step
 from tat_ext.utils.files import atomic_write
 
 # (label, builder kwargs, batch, input side, input channels)
@@ -38,16 +38,7 @@ NETS = {
 
 def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
              y: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        if isinstance(opt, KFAC):
-            opt.curvature_backward(logits)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return lambda: classification_step(model, opt, x, y)
 
 
 def measure(net: str, steps: int, warmup: int, inverse_period: int = 50) -> Dict[str, Any]:

@@ -26,10 +26,10 @@ import time
 from typing import Any, Dict, List
 
 import torch
-import torch.nn.functional as F
 
 from tat_ext import datasets
 from tat_ext.optim import KFAC
+from tat_ext.optim.step import classification_step
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.train.config import TrainConfig
 from tat_ext.train.loop import evaluate
@@ -72,13 +72,7 @@ def run(method: str, depth: int, optimizer: str, lr: float, seed: int, epochs: i
         losses = []
         for b in range(steps_per_epoch):
             x, y = fit.batch(fit.train, perm[b * config.batch_size:(b + 1) * config.batch_size])
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if isinstance(opt, KFAC):
-                opt.curvature_backward(logits)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss = classification_step(model, opt, x, y)
             schedule.step()
             step += 1
             losses.append(loss.item())
@@ -211,6 +205,7 @@ def main(argv=None) -> int:
     for item in filter(None, args.lrs.split(",")):
         name, values = item.split("=")
         lrs[name] = tuple(float(v) for v in values.split(":"))
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, NAME + ".json")
     state = json.load(open(path)) if os.path.exists(path) else {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "machine": platform.processor() or

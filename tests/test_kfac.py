@@ -12,7 +12,7 @@ from torch import nn
 
 from tat_ext.models.layers import ActConv2d, ActLinear, EagerTReLU
 from tat_ext.nn import TATConv2d, TATLinear
-from tat_ext.optim import KFAC, CurvatureError
+from tat_ext.optim import KFAC, CurvatureError, classification_step
 from tat_ext.optim.factors import Factors
 from tat_ext.optim.sampling import sample_labels, uniforms
 
@@ -141,12 +141,7 @@ def _kfac_update(model, layers, x, y, **settings):
 
 
 def _train_step(model, opt, x, y):
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    opt.curvature_backward(logits)
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
+    classification_step(model, opt, x, y)   # forward, curvature_backward, backward, step, zero_grad
 
 
 def _data(n=16, shape=(5,), classes=3, seed=0):
