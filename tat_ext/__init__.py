@@ -12,6 +12,7 @@ Public entry points:
     tat_ext.diagnostics           checks of the kernel theory (and of the initialization) on a model
     tat_ext.models, datasets      vanilla TAT ResNets/MLPs and baselines; data sources (digits, CIFAR-10/100,
                                   image folders, npz, synthetic), augmentation, the batch loader
+    tat_ext.optim                 K-FAC (the paper's optimizer) for the project's layers
     tat_ext.train                 tat-ext train / compare: the training run, checkpoints, torchrun
     tat_ext.tools                 tat-ext verify / bench / profile
 
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 # Public submodules reachable as ``tat_ext.<name>`` without an explicit import (as torch.nn.init
 # is). Add new public submodules or subpackages here.
 _LAZY_SUBMODULES = ("activations", "auto", "cmaps", "data", "datasets", "diagnostics", "init", "models",
-                    "tools", "train", "transform")
+                    "optim", "tools", "train", "transform")
 
 
 def __getattr__(name: str) -> object:

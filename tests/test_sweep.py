@@ -72,6 +72,20 @@ def test_tiny_sweep_writes_json_table_and_figure(tiny_sweep):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sweep_with_kfac(tmp_path, capsys):
+    """--optimizer kfac (with its --kfac-* flags) reaches every run (the ResNet's BatchNorm: first-order)."""
+    out = str(tmp_path / "out")
+    args = ["--depths", "13", "--methods", "trelu,resnet", "--seeds", "1", "--lrs", "1e-4", "--epochs", "1",
+            "--width", "2", "--batch-size", "256", "--optimizer", "kfac", "--kfac-inverse-period", "2",
+            "--kfac-burnin", "1", "--workers", "1", "--out", out]
+    status, _, err = _sweep(args, capsys)
+    assert status == 0, err
+    state = _state(out)
+    assert state["settings"]["optimizer"] == "kfac" and state["settings"]["kfac_inverse_period"] == 2
+    runs = state["runs"]
+    assert runs["trelu/d13/lr0.0001/s0"]["status"] == "done" and runs["resnet/d13/lr0.0001/s0"]["status"] == "done"
+
+
 def test_resume_reruns_only_missing_runs_with_the_same_results(tiny_sweep, tmp_path, capsys):
     out = str(tmp_path / "resumed")
     os.makedirs(out)

@@ -110,17 +110,23 @@ def _start_mid_epoch_wait(out, proc, fraction=0.5):
     time.sleep(fraction * _rows(out)[0]["seconds"])
 
 
+def _start_and_kill(args, whole, killed):
+    """Start the uninterrupted run (returned) and a second one, SIGKILLed in the middle of epoch 2."""
+    reference = _cli(args + ["--out", whole])
+    proc = _cli(args + ["--out", killed])
+    _start_mid_epoch_wait(killed, proc)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    return reference
+
+
 def test_resume_after_sigkill_or_ctrl_c_is_bitwise(tmp_path):
     """An uninterrupted run; one killed with SIGKILL mid-epoch; one stopped with Ctrl-C mid-epoch
     (all with augmentation in a loader worker). Both interrupted runs, resumed, end with bitwise
     the uninterrupted weights."""
     whole, killed, stopped = (str(tmp_path / n) for n in ("whole", "killed", "stopped"))
-    reference = _cli(LONG + ["--out", whole])
-    proc = _cli(LONG + ["--out", killed])
-    _start_mid_epoch_wait(killed, proc)
-    proc.kill()
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    reference = _start_and_kill(LONG, whole, killed)
     # A temporary left by a write cut short must neither be read nor stay behind.
     with open(os.path.join(killed, ".checkpoint.pt.tmp-99999"), "wb") as f:
         f.write(b"half a checkpoint")
@@ -148,6 +154,29 @@ def test_resume_after_sigkill_or_ctrl_c_is_bitwise(tmp_path):
         _assert_bitwise_equal(_model_state(out), _model_state(whole))
         assert [r["train_loss"] for r in _rows(out)] == [r["train_loss"] for r in _rows(whole)]
         assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_kfac_resume_after_sigkill_is_bitwise(tmp_path):
+    """K-FAC's factors, inverses, momentum and step count are in the checkpoint: a run killed
+    mid-epoch and resumed ends with bitwise the uninterrupted weights."""
+    args = TINY + ["--batch-size", "32", "--epochs", "2"] + KFAC + ["--kfac-curvature-period", "2"]
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    reference = _start_and_kill(args, whole, killed)
+    resumed = _cli(args + ["--out", killed, "--resume"])
+    for p in (reference, resumed):
+        assert p.wait(timeout=300) == 0, p.communicate()
+    assert 0 < torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=True)["optimizer"]["kfac"]["steps"]
+    _assert_bitwise_equal(_model_state(killed), _model_state(whole))
+    assert [r["train_loss"] for r in _rows(killed)] == [r["train_loss"] for r in _rows(whole)]
+
+
+def test_kfac_trains_a_vanilla_tat_net_on_the_digits():
+    """The CI-sized version of bench/results/kfac_depth.md: 3 epochs of a 13-layer TAT MLP."""
+    config = TrainConfig(model="vanilla_mlp", depth=13, width=32, epochs=3, batch_size=64, optimizer="kfac",
+                         lr=1e-3, kfac_ema=0.9, kfac_inverse_period=5)
+    result = train(config, progress=False, verbose=False)
+    assert result.config.warmup_epochs == 1  # kfac's default
+    assert result.test_acc > 0.5             # chance: 0.1
 
 
 def test_atomic_write_survives_sigkill_mid_write(tmp_path):
@@ -178,10 +207,16 @@ def test_atomic_write_survives_sigkill_mid_write(tmp_path):
 # -- torchrun ---------------------------------------------------------------------------------------
 
 
-def test_torchrun_two_cpu_processes_match_one(tmp_path):
-    """Also with augmentation in loader worker processes (each example's randomness is its own)."""
+# K-FAC with short curvature memory and frequent inverses (a few dozen steps), and the MC Fisher.
+KFAC = ["--optimizer", "kfac", "--lr", "1e-3", "--kfac-ema", "0.9", "--kfac-inverse-period", "5"]
+
+
+@pytest.mark.parametrize("optimizer", [[], KFAC], ids=["adam", "kfac"])
+def test_torchrun_two_cpu_processes_match_one(tmp_path, optimizer):
+    """Also with augmentation in loader worker processes (each example's randomness is its own).
+    With K-FAC the factors are all-reduced and the MC labels keyed to the global example index."""
     args = TINY + ["--batch-size", "32", "--epochs", "2", "--device", "cpu", "--augment", "crop-flip",
-                   "--loader-workers", "1"]
+                   "--loader-workers", "1"] + optimizer
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     proc = _cli(args + ["--out", one])
     ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -300,6 +335,13 @@ def finished_run(tmp_path_factory):
     (["--data-dir", "/tmp"], "--data-dir: applies to --data cifar10/cifar100/imagefolder only"),
     (["--device", "tpu"], "--device"),
     (["--resume"], "--resume: needs --out"),
+    (["--optimizer", "kfac", "--kfac-damping", "0"], "--kfac-damping: must be > 0"),
+    (["--optimizer", "kfac", "--kfac-norm-constraint", "-1"], "--kfac-norm-constraint: must be > 0"),
+    (["--optimizer", "kfac", "--kfac-ema", "1"], "--kfac-ema: must be >= 0 and < 1"),
+    (["--optimizer", "kfac", "--kfac-inverse-period", "0"], "--kfac-inverse-period: must be >= 1"),
+    (["--optimizer", "kfac", "--kfac-curvature-period", "0"], "--kfac-curvature-period: must be >= 1"),
+    (["--optimizer", "kfac", "--lr", "0"], "--lr: must be > 0"),
+    (["--kfac-damping", "0.1"], "--kfac-damping: applies to --optimizer kfac only"),
     (["--blocks", "1,1"], "--blocks: 1,1 (bottleneck) gives depth 8; pass --depth 8, not 50"),
     (["--blocks", "1,0", "--depth", "5"], "--blocks: must be 1 to 4 integers >= 1"),
     (["--model", "vanilla_mlp", "--blocks", "1", "--depth", "5"], "--blocks: applies to the resnet models only"),

@@ -85,11 +85,12 @@ class EagerTReLU(nn.Module):
 
 class _ThenActivation:
     """A layer's output (with its bias) followed by an elementwise function; its state_dict is
-    the layer's own."""
+    the layer's own. The function is held as a submodule (a plain function is wrapped in
+    :class:`Activation`) so that hooks can read the pre-activation (tat_ext.optim's K-FAC does)."""
 
     def __init__(self, *args, activation: Callable[[torch.Tensor], torch.Tensor], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.activation = activation
+        self.activation = activation if isinstance(activation, nn.Module) else Activation(activation)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.activation(super().forward(input))

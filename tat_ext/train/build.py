@@ -53,7 +53,17 @@ def build_model(config: TrainConfig, data: ImageData,
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay; plain Adam when it is 0) or SGD with Nesterov momentum 0.9."""
+    """AdamW (decoupled weight decay; plain Adam when it is 0), SGD with Nesterov momentum 0.9, or
+    K-FAC (:class:`tat_ext.optim.KFAC` with the ``kfac_*`` settings; ``weight_decay`` is then an L2
+    term, and the MC labels are keyed to ``seed``)."""
+    if config.optimizer == "kfac":
+        from tat_ext.optim.kfac import KFAC
+
+        return KFAC(model, config.lr, momentum=config.kfac_momentum, damping=config.kfac_damping,
+                    curvature_ema=config.kfac_ema, curvature_update_period=config.kfac_curvature_period,
+                    inverse_update_period=config.kfac_inverse_period, burnin_steps=config.kfac_burnin,
+                    norm_constraint=config.kfac_norm_constraint, fisher=config.kfac_fisher,
+                    weight_decay=config.weight_decay, seed=config.seed)
     params = model.parameters()
     if config.optimizer == "adam":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

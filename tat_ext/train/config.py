@@ -19,12 +19,13 @@ from tat_ext.utils.parsing import comma_list
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments", "as_train_error",
            "flag_of", "from_args"]
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "kfac")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("small", "imagenet")
 
 # Defaults that train the embedded digits (measured; README "Choosing the training settings").
-_DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3}
+_DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3, "kfac": 1e-4}  # kfac: bench/results/kfac_depth.md
+_DEFAULT_WARMUP = {"kfac": 1}  # epochs; the others 0
 _DEFAULT_ETA = 0.9
 
 
@@ -138,22 +139,48 @@ class TrainConfig:
     loader_workers: int = _setting("--loader-workers", 0, "data", "processes that read and augment batches "
                                                                  "(default 0: the training process)", type=int)
     optimizer: str = _setting("--optimizer", "adam", "optimization",
-                              "adam (AdamW: decoupled weight decay) or sgd (Nesterov momentum 0.9)",
+                              "adam (AdamW: decoupled weight decay), sgd (Nesterov momentum 0.9) or kfac "
+                              "(tat_ext.optim.KFAC, the TAT paper's; settings: the --kfac-* flags)",
                               choices=OPTIMIZERS)
     lr: Optional[float] = _setting("--lr", None, "optimization",
-                                   "peak learning rate (default 3e-4 for adam, 3e-3 for sgd)", type=float)
-    weight_decay: float = _setting("--weight-decay", 0.0, "optimization", "decoupled weight decay (default 0)",
+                                   "peak learning rate (default 3e-4 for adam, 3e-3 for sgd, 1e-4 for kfac)",
+                                   type=float)
+    weight_decay: float = _setting("--weight-decay", 0.0, "optimization",
+                                   "decoupled weight decay; for kfac an L2 term added to the gradient (default 0)",
                                    type=float)
     label_smoothing: float = _setting("--label-smoothing", 0.0, "optimization",
                                       "label smoothing of the cross-entropy (default 0)", type=float)
     schedule: str = _setting("--schedule", "cosine", "optimization",
                              "cosine decay to 0 over --epochs (its length is then fixed: --resume cannot extend it) "
                              "or constant", choices=SCHEDULES)
-    warmup_epochs: int = _setting("--warmup-epochs", 0, "optimization", "linear warm-up (default 0)", type=int)
+    warmup_epochs: Optional[int] = _setting("--warmup-epochs", None, "optimization",
+                                            "linear warm-up (default 1 for kfac, else 0)", type=int)
     epochs: int = _setting("--epochs", 10, "optimization", "epochs to train", type=int)
     batch_size: int = _setting("--batch-size", 128, "optimization", "global batch, split across torchrun processes",
                                type=int)
     seed: int = _setting("--seed", 0, "optimization", "initialization and data order (default 0)", type=int)
+    kfac_damping: float = _setting("--kfac-damping", 1e-3, "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                   "Tikhonov damping, split between the factors by the pi rule", type=float)
+    kfac_ema: float = _setting("--kfac-ema", 0.99, "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                               "decay of the factors' bias-corrected moving averages, in [0, 1) (short runs: "
+                               "lower, e.g. 0.9)", type=float)
+    kfac_curvature_period: int = _setting("--kfac-curvature-period", 1,
+                                          "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                          "update the factors every this many steps", type=int)
+    kfac_inverse_period: int = _setting("--kfac-inverse-period", 50,
+                                        "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                        "recompute the damped inverses every this many steps (short runs: e.g. 10)",
+                                        type=int)
+    kfac_burnin: int = _setting("--kfac-burnin", 5, "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                "first steps that only accumulate curvature", type=int)
+    kfac_norm_constraint: float = _setting("--kfac-norm-constraint", 1e-3,
+                                           "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                           "bound on lr^2 <P, grad> of an update", type=float)
+    kfac_momentum: float = _setting("--kfac-momentum", 0.9, "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                    "momentum of the updates", type=float)
+    kfac_fisher: str = _setting("--kfac-fisher", "mc", "K-FAC (--optimizer kfac; defaults: the paper's recipe)",
+                                "mc (labels sampled from the model, the paper's) or empirical (training labels)",
+                                choices=("mc", "empirical"))
     device: str = _setting("--device", "auto", "execution", "auto (cuda if available), cpu, cuda, cuda:N")
     amp: bool = _setting("--amp", False, "execution", "bfloat16 autocast", action="store_true")
     channels_last: bool = _setting("--channels-last", False, "execution", "channels_last memory format",
@@ -178,6 +205,8 @@ class TrainConfig:
             width=spec.defaults.get("width") if self.width is None else self.width,
             eta=(_DEFAULT_ETA if self.eta is None else self.eta) if spec.uses_eta(self.activation) else None,
             lr=_DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
+            warmup_epochs=(min(_DEFAULT_WARMUP.get(self.optimizer, 0), self.epochs - 1) if self.warmup_epochs is None
+                           else self.warmup_epochs),
             blocks=None if self.blocks is None else tuple(self.blocks),
         )
 
@@ -203,8 +232,9 @@ class TrainConfig:
                 _validate.integer(flag_of(name), getattr(self, name), ge=low)
         if self.blocks is not None:
             self._check_blocks(spec, fail)
-        if self.warmup_epochs >= self.epochs:
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
             fail("warmup_epochs", f"must be below --epochs ({self.epochs}), got {self.warmup_epochs}")
+        self._check_kfac(fail)
         if self.lr is not None:
             _validate.real(flag_of("lr"), self.lr, gt=0.0)
         _validate.real(flag_of("weight_decay"), self.weight_decay, ge=0.0)
@@ -240,6 +270,20 @@ class TrainConfig:
         if not isinstance(self.device, str) or not self.device:
             fail("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
+    def _check_kfac(self, fail) -> None:
+        if self.optimizer != "kfac":
+            for name in _KFAC_FIELDS:
+                if getattr(self, name) != _FIELDS[name].default:
+                    fail(name, "applies to --optimizer kfac only")
+            return
+        for name in ("kfac_damping", "kfac_norm_constraint"):
+            _validate.real(flag_of(name), getattr(self, name), gt=0.0)
+        _validate.real(flag_of("kfac_ema"), self.kfac_ema, ge=0.0, lt=1.0)
+        _validate.real(flag_of("kfac_momentum"), self.kfac_momentum, ge=0.0)
+        for name, low in (("kfac_curvature_period", 1), ("kfac_inverse_period", 1), ("kfac_burnin", 0)):
+            _validate.integer(flag_of(name), getattr(self, name), ge=low)
+        _validate.one_of(flag_of("kfac_fisher"), self.kfac_fisher, ("mc", "empirical"))
+
     def _check_blocks(self, spec, fail) -> None:
         blocks = self.blocks
         try:
@@ -266,6 +310,7 @@ class TrainConfig:
 # --epochs may grow only with the constant schedule (a cosine schedule's shape depends on it).
 RESUMABLE_CHANGES = ("device", "compile", "out", "resume", "data_dir", "data_path", "download", "loader_workers")
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_KFAC_FIELDS = tuple(name for name in _FIELDS if name.startswith("kfac_"))
 
 
 def flag_of(name: Optional[str]) -> Optional[str]:

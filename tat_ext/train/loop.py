@@ -33,6 +33,8 @@ from tat_ext.datasets.augment import Pipeline, resolve_pipeline
 from tat_ext.datasets.loader import BatchPlan, batches, make_loader
 from tat_ext.train import checkpoint as ckpt_io
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
+from tat_ext.optim.factors import CurvatureError
+from tat_ext.optim.kfac import KFAC
 from tat_ext.train.config import Diverged, TrainConfig, TrainError, as_train_error, flag_of
 from tat_ext.train.distributed import GlobalBatchSampler, Processes, setup_processes
 from tat_ext.train.metrics import plot_curves, write_metrics
@@ -369,8 +371,14 @@ class _Run:
             with _autocast(config, self.device):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum")
-            (loss * scale).backward()
-            self.optimizer.step()
+            if isinstance(self.optimizer, KFAC):
+                self.optimizer.curvature_backward(logits)  # the MC Fisher's backward (before the graph is freed)
+            (loss * scale).backward()  # the local mean: K-FAC's per-example gradients are N × its gradient
+            try:
+                self.optimizer.step()
+            except CurvatureError as error:
+                raise Diverged(f"training diverged in epoch {self.epoch + 1}, step {step + 1} ({error}); this epoch "
+                               f"was not saved. Try a smaller --lr (now {config.lr:g})") from None
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step()
             loss_acc += loss.detach().double()

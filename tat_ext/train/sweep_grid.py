@@ -164,7 +164,8 @@ class SweepSettings:
     def identity(self) -> Dict[str, Any]:
         """The settings that decide a run's result apart from its own (method, depth, lr, seed)."""
         shared = {k: v for k, v in self.base.as_dict().items() if k not in _PER_RUN + _NOT_IDENTITY}
-        shared["width"] = self.base.resolved().width
+        resolved = self.base.resolved()
+        shared["width"], shared["warmup_epochs"] = resolved.width, resolved.warmup_epochs
         return {**shared, "eta": self.eta, "validation_every": self.validation_every}
 
 

@@ -1,0 +1,234 @@
+"""The depth comparison with K-FAC, SGD (Nesterov, warm-up) and Adam on the digits (issue 14 item 4).
+
+TAT (TReLU) vs Edge-of-Chaos ReLU vanilla nets (tat_ext.train.sweep's depth plans and models)
+trained with each optimizer at each rate; every run trains on the training split minus the
+held-out validation part (tat_ext.datasets.validation_split) and records validation and test
+accuracy after every epoch, so accuracy can be read against steps. The rate reported per
+(method, depth, optimizer) is the one with the best mean final validation accuracy (the sweep's
+rule); its test accuracy is that of the same runs.
+
+Each finished run is appended to OUT/kfac_depth.json at once (atomic rewrite); running the same
+command again skips finished runs. ``--report`` only rewrites OUT/kfac_depth.{md,png} from it.
+
+Example (the committed bench/results/kfac_depth.*)::
+
+    OMP_NUM_THREADS=1 python bench/kfac_depth.py --out bench/results --depths 50,100 --seeds 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List
+
+import torch
+
+from tat_ext import datasets
+from tat_ext.optim import KFAC
+from tat_ext.optim.step import classification_step
+from tat_ext.train.build import build_model, build_optimizer, build_schedule
+from tat_ext.train.config import TrainConfig
+from tat_ext.train.loop import evaluate
+from tat_ext.train.sweep_grid import METHODS, depth_plan, layers_of, trelu_eta
+from tat_ext.utils.files import atomic_write, write_json_atomic
+
+NAME = "kfac_depth"
+# Short runs (~80 steps): K-FAC needs a short curvature memory and frequent inverses.
+KFAC_SETTINGS = dict(damping=1e-3, curvature_ema=0.9, curvature_update_period=2, inverse_update_period=10,
+                     burnin_steps=5, norm_constraint=1e-3, momentum=0.9, fisher="mc")
+# K-FAC at 3e-4 diverged after ~25 steps at depth 50 (a probe); 1e-4 reached loss 0.5 in 17 steps.
+LRS = {"kfac": (3e-5, 1e-4), "sgd": (3e-4, 1e-3), "adam": (3e-4, 1e-3)}
+WARMUP = {"kfac": 1, "sgd": 2, "adam": 0}  # epochs
+
+
+def _config(method: str, depth: int, optimizer: str, lr: float, seed: int, epochs: int) -> TrainConfig:
+    blocks = depth_plan(depth)
+    m = METHODS[method]
+    eta = trelu_eta(layers_of(blocks)) if m.activation == "trelu" else None
+    return TrainConfig(model=m.model, depth=layers_of(blocks) + 1, blocks=blocks, activation=m.activation, eta=eta,
+                       optimizer="adam" if optimizer == "kfac" else optimizer, lr=lr, seed=seed, epochs=epochs,
+                       warmup_epochs=WARMUP[optimizer], batch_size=128, device="cpu").resolved()
+
+
+def run(method: str, depth: int, optimizer: str, lr: float, seed: int, epochs: int) -> Dict[str, Any]:
+    """One training run; per-epoch validation/test accuracy against the step count."""
+    full = datasets.load("digits")
+    fit = datasets.validation_split(full)
+    config = _config(method, depth, optimizer, lr, seed, epochs)
+    torch.manual_seed(seed)
+    model, _ = build_model(config, fit)
+    opt = KFAC(model, lr, seed=seed, **KFAC_SETTINGS) if optimizer == "kfac" else build_optimizer(config, model)
+    steps_per_epoch = len(fit.train) // config.batch_size
+    schedule = build_schedule(config, opt, steps_per_epoch)
+    order = torch.Generator().manual_seed(seed)
+    history, step, started, status = [], 0, time.perf_counter(), "done"
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(fit.train), generator=order)
+        losses = []
+        for b in range(steps_per_epoch):
+            x, y = fit.batch(fit.train, perm[b * config.batch_size:(b + 1) * config.batch_size])
+            loss = classification_step(model, opt, x, y)
+            schedule.step()
+            step += 1
+            losses.append(loss.item())
+        if not all(math.isfinite(v) for v in losses):
+            status = "diverged"
+            break
+        _, val_correct = evaluate(model, fit, fit.test, config=config)
+        _, test_correct = evaluate(model, full, full.test, config=config)
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / len(losses),
+                        "val_acc": val_correct / len(fit.test), "test_acc": test_correct / len(full.test),
+                        "seconds": time.perf_counter() - started})
+    last = history[-1] if history and status == "done" else {"val_acc": 0.0, "test_acc": 0.0}
+    return {"method": method, "depth": depth, "layers": layers_of(depth_plan(depth)), "optimizer": optimizer,
+            "lr": lr, "seed": seed, "status": status, "val_acc": last["val_acc"], "test_acc": last["test_acc"],
+            "seconds": time.perf_counter() - started, "history": history}
+
+
+def _key(r: Dict[str, Any]) -> str:
+    return f"{r['method']}/d{r['depth']}/{r['optimizer']}/lr{r['lr']:g}/s{r['seed']}"
+
+
+def _chosen(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
+    """Per (method, depth, optimizer): the rate with the best mean final validation accuracy."""
+    groups: Dict[tuple, Dict[float, List[Dict[str, Any]]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["depth"], r["optimizer"]), {}).setdefault(r["lr"], []).append(r)
+    out = {}
+    for key, by_lr in groups.items():
+        lr = max(by_lr, key=lambda v: (sum(r["val_acc"] for r in by_lr[v]) / len(by_lr[v]), -v))
+        out[key] = {"lr": lr, "runs": by_lr[lr], "all": by_lr}
+    return out
+
+
+def _steps_to(history: List[Dict[str, Any]], target: float) -> Any:
+    return next((h["step"] for h in history if h["val_acc"] >= target), None)
+
+
+def _mean_std(values: List[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+TARGETS = (0.5, 0.8, 0.9)
+
+
+def report(state: Dict[str, Any], out: str) -> None:
+    """OUT/kfac_depth.md (tables) and OUT/kfac_depth.png (validation accuracy against steps)."""
+    chosen = _chosen(state["runs"])
+    label = {"kfac": "K-FAC", "sgd": "SGD-Nesterov", "adam": "Adam"}
+    lines = [f"# {NAME}: TAT vs EOC ReLU with K-FAC, SGD (Nesterov, warm-up) and Adam on the digits", "",
+             f"Command: `{state['command']}`  ", f"Machine: {state['machine']}, {state['cpus']} CPUs (shared), "
+             f"torch {state['torch']}; started {state['started']}; {state.get('wall_seconds', 0) / 60:.1f} min of "
+             f"training in {len(state['runs'])} runs.  ",
+             f"K-FAC settings: {state['kfac_settings']}; warm-up epochs {state['warmup_epochs']}; "
+             f"{state['epochs']} epochs of batch 128.", "",
+             "| depth | method | optimizer | rate (chosen) | val acc % | test acc % | every rate: final val acc % |",
+             "|---|---|---|---|---|---|---|"]
+    for (m, d, o), c in sorted(chosen.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        rates = ", ".join(f"{lr:g}: " + "/".join("div" if r["status"] != "done" else f"{100 * r['val_acc']:.0f}"
+                                                  for r in runs) for lr, runs in sorted(c["all"].items()))
+        lines.append(f"| {d} | {METHODS[m].label} | {label[o]} | {c['lr']:g} | "
+                     f"{_mean_std([r['val_acc'] for r in c['runs']])} | {_mean_std([r['test_acc'] for r in c['runs']])} "
+                     f"| {rates} |")
+    lines += ["", "Steps to reach a validation accuracy (chosen rate, first seed; '-' = never):", "",
+              "| depth | method | optimizer | " + " | ".join(f"{int(100 * t)} %" for t in TARGETS) + " |",
+              "|---|---|---|" + "---|" * len(TARGETS)]
+    for (m, d, o), c in sorted(chosen.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        hist = c["runs"][0]["history"]
+        lines.append(f"| {d} | {METHODS[m].label} | {label[o]} | " +
+                     " | ".join(str(_steps_to(hist, t) or "-") for t in TARGETS) + " |")
+    text = "\n".join(lines) + "\n"
+    notes = os.path.join(out, NAME + "_notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            text += "\n" + f.read()
+    atomic_write(os.path.join(out, NAME + ".md"), lambda f: f.write(text.encode()))
+    _plot(chosen, os.path.join(out, NAME + ".png"), label)
+
+
+def _plot(chosen: Dict[tuple, Dict[str, Any]], path: str, label: Dict[str, str]) -> None:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    depths = sorted({d for _, d, _ in chosen})
+    methods = sorted({m for m, _, _ in chosen}, reverse=True)
+    fig = Figure(figsize=(4.5 * len(depths), 3.4 * len(methods)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(methods), len(depths), squeeze=False)
+    for i, m in enumerate(methods):
+        for j, d in enumerate(depths):
+            ax = axes[i][j]
+            for o in ("kfac", "sgd", "adam"):
+                c = chosen.get((m, d, o))
+                if c is None:
+                    continue
+                for k, r in enumerate(c["runs"]):
+                    steps = [0] + [h["step"] for h in r["history"]]
+                    acc = [0.1] + [100 * h["val_acc"] / 100 for h in r["history"]]
+                    ax.plot(steps, [100 * a for a in acc], color={"kfac": "C0", "sgd": "C1", "adam": "C2"}[o],
+                            label=f"{label[o]} lr {c['lr']:g}" if k == 0 else None, alpha=0.8)
+            ax.set_title(f"{METHODS[m].label}, depth {d}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("validation accuracy %")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--depths", default="50,100")
+    parser.add_argument("--methods", default="trelu,relu")
+    parser.add_argument("--optimizers", default="kfac,sgd,adam")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lrs", default="", help="override, e.g. kfac=1e-3:3e-3,sgd=1e-3")
+    parser.add_argument("--report", action="store_true", help="only rewrite the report")
+    args = parser.parse_args(argv)
+    lrs = dict(LRS)
+    for item in filter(None, args.lrs.split(",")):
+        name, values = item.split("=")
+        lrs[name] = tuple(float(v) for v in values.split(":"))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".json")
+    state = json.load(open(path)) if os.path.exists(path) else {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "machine": platform.processor() or
+        platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "kfac_settings": KFAC_SETTINGS,
+        "warmup_epochs": WARMUP, "epochs": args.epochs, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "runs": []}
+    if not args.report:
+        done = {_key(r) for r in state["runs"]}
+        grid = [(m, int(d), o, lr, s) for d in args.depths.split(",") for m in args.methods.split(",")
+                for o in args.optimizers.split(",") for lr in lrs[o] for s in range(args.seeds)]
+        for i, (m, d, o, lr, s) in enumerate(grid):
+            key = f"{m}/d{d}/{o}/lr{lr:g}/s{s}"
+            if key in done:
+                continue
+            record = run(m, d, o, lr, s, args.epochs)
+            state["runs"].append(record)
+            state["wall_seconds"] = sum(r["seconds"] for r in state["runs"])
+            write_json_atomic(path, state)
+            print(f"[{i + 1}/{len(grid)}] {key}: {record['status']} val {record['val_acc']:.3f} "
+                  f"test {record['test_acc']:.3f} ({record['seconds']:.0f} s)", flush=True)
+    report(state, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
