@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "../trelu_plan.h"
-#include "op_handles.h"
+#include "../op_handles.h"
 
 namespace tat_ext::autograd {
 namespace {
@@ -125,7 +125,7 @@ struct ConvTreluBackward : public Node {
     const bool want_x = task_should_compute_output(0), want_w = task_should_compute_output(1);
     const bool want_b = has_bias && task_should_compute_output(2);
     // Differentiable calls: with create_graph they record their own backward (double backward).
-    auto [grad_z, grad_b] = backward_op().call(
+    auto [grad_z, grad_b] = trelu_backward_op().call(
         grad_y, y_.unpack(getptr()), std::nullopt, static_cast<int64_t>(SaveKind::Output),
         c.slope, c.scale, c.in_shift, c.out_shift, 1,
         want_b ? std::optional(bias_dtype) : std::nullopt);

@@ -29,7 +29,6 @@
 
 #include "../op_handles.h"
 #include "../trelu_plan.h"
-#include "op_handles.h"
 
 namespace tat_ext::autograd {
 namespace {
