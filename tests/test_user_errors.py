@@ -192,7 +192,8 @@ def test_bench_flags_timings_whose_spread_exceeds_the_value(noisy):
     step = _step(1.0, 0.1, 3.5) if noisy else _step(1.0, 0.9, 1.2)  # half IQR 1.7 vs 0.15
     record = {"model": "conv-chain", "depth": 13, "width": 8, "resolution": 8, "batch": 2, "dtype": "float32",
               "layout": "nchw", "speedup": {},
-              "variants": {"eager": {"step": step, "peak_bytes": None, "saved_bytes": None, "kernel_launches": None,
+              "variants": {"eager": {"step": step, "forward_no_grad": _step(0.5, 0.45, 0.6),
+                                     "peak_bytes": None, "saved_bytes": None, "kernel_launches": None,
                                      "loss_first_step": 2.3}}}
     table = bench.model_table([record])
     assert ("1.000±1.700" + bench.NOISY_MARK in table) == noisy

@@ -462,7 +462,7 @@ def model_table(records: List[dict]) -> str:
                          _mib(v["peak_bytes"]), _mib(v["saved_bytes"]),
                          "-" if v["kernel_launches"] is None else str(v["kernel_launches"]),
                          f"{v['loss_first_step']:.4f}"])
-    stats = [v["step"] for r in records for v in r["variants"].values()]
+    stats = [v[k] for r in records for v in r["variants"].values() for k in ("step", "forward_no_grad")]
     return format_table(["model", "dtype", "layout", "variant", "step ms", "x eager", "x compile",
                          "no_grad fwd ms", "fwd x eager", "peak MiB", "saved MiB", "launches",
                          "loss"], rows, right=[False] * 4 + [True] * 9) + _noisy_note(stats)
