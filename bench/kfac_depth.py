@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
@@ -29,6 +30,7 @@ import torch
 
 from tat_ext import datasets
 from tat_ext.optim import KFAC
+from tat_ext.optim.factors import CurvatureError
 from tat_ext.optim.step import classification_step
 from tat_ext.train.build import build_model, build_optimizer, build_schedule
 from tat_ext.train.config import TrainConfig
@@ -72,10 +74,15 @@ def run(method: str, depth: int, optimizer: str, lr: float, seed: int, epochs: i
         losses = []
         for b in range(steps_per_epoch):
             x, y = fit.batch(fit.train, perm[b * config.batch_size:(b + 1) * config.batch_size])
-            loss = classification_step(model, opt, x, y)
+            try:
+                loss = classification_step(model, opt, x, y).item()
+            except CurvatureError:  # K-FAC's factors became non-finite: the run diverged
+                loss = math.nan
             schedule.step()
             step += 1
-            losses.append(loss.item())
+            losses.append(loss)
+            if not math.isfinite(loss):
+                break
         if not all(math.isfinite(v) for v in losses):
             status = "diverged"
             break
@@ -95,14 +102,16 @@ def _key(r: Dict[str, Any]) -> str:
 
 
 def _chosen(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, Any]]:
-    """Per (method, depth, optimizer): the rate with the best mean final validation accuracy."""
+    """Per (method, depth, optimizer): the rate whose seed-0 run has the best final validation
+    accuracy (ties: the smaller rate), with every run at that rate (its other seeds) and all rates."""
     groups: Dict[tuple, Dict[float, List[Dict[str, Any]]]] = {}
     for r in records:
         groups.setdefault((r["method"], r["depth"], r["optimizer"]), {}).setdefault(r["lr"], []).append(r)
     out = {}
     for key, by_lr in groups.items():
-        lr = max(by_lr, key=lambda v: (sum(r["val_acc"] for r in by_lr[v]) / len(by_lr[v]), -v))
-        out[key] = {"lr": lr, "runs": by_lr[lr], "all": by_lr}
+        first = {lr: [r for r in runs if r["seed"] == 0] or runs for lr, runs in by_lr.items()}
+        lr = max(first, key=lambda v: (sum(r["val_acc"] for r in first[v]) / len(first[v]), -v))
+        out[key] = {"lr": lr, "runs": sorted(by_lr[lr], key=lambda r: r["seed"]), "all": by_lr}
     return out
 
 
@@ -126,7 +135,7 @@ def report(state: Dict[str, Any], out: str) -> None:
     chosen = _chosen(state["runs"])
     label = {"kfac": "K-FAC", "sgd": "SGD-Nesterov", "adam": "Adam"}
     lines = [f"# {NAME}: TAT vs EOC ReLU with K-FAC, SGD (Nesterov, warm-up) and Adam on the digits", "",
-             f"Command: `{state['command']}`  ", f"Machine: {state['machine']}, {state['cpus']} CPUs (shared), "
+             f"Command: `{state['command']}`  ", f"Machine: {state['machine']}, {state['cpus']} CPUs, {state.get('workers', 1)} worker process(es), "
              f"torch {state['torch']}; started {state['started']}; {state.get('wall_seconds', 0) / 60:.1f} min of "
              f"training in {len(state['runs'])} runs.  ",
              f"K-FAC settings: {state['kfac_settings']}; warm-up epochs {state['warmup_epochs']}; "
@@ -190,15 +199,44 @@ def _plot(chosen: Dict[tuple, Dict[str, Any]], path: str, label: Dict[str, str])
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+def _cost(task: tuple) -> float:
+    """Relative run time (measured: a K-FAC run costs ~2.3 Adam runs; time grows with depth)."""
+    return task[1] * (2.3 if task[2] == "kfac" else 1.0)
+
+
+def _work(task: tuple) -> Dict[str, Any]:
+    torch.set_num_threads(1)
+    return run(*task)
+
+
+def _run_all(tasks: List[tuple], workers: int, state: Dict[str, Any], path: str, phase: str) -> None:
+    """Runs ``tasks`` (longest first) on ``workers`` processes; each result is saved as it arrives."""
+    tasks = sorted(tasks, key=_cost, reverse=True)
+    if not tasks:
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        for i, record in enumerate(pool.imap_unordered(_work, tasks)):
+            record["phase"] = phase
+            state["runs"].append(record)
+            state["wall_seconds"] = time.time() - state["started_at"] + state.get("earlier_seconds", 0.0)
+            write_json_atomic(path, state)
+            print(f"[{phase} {i + 1}/{len(tasks)}] {_key(record)}: {record['status']} val {record['val_acc']:.3f} "
+                  f"test {record['test_acc']:.3f} ({record['seconds']:.0f} s)", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--depths", default="50,100")
+    parser.add_argument("--depths", default="50,100,200")
     parser.add_argument("--methods", default="trelu,relu")
     parser.add_argument("--optimizers", default="kfac,sgd,adam")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="seed 0 chooses the rate; the others rerun it")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lrs", default="", help="override, e.g. kfac=1e-3:3e-3,sgd=1e-3")
+    parser.add_argument("--anchor-depths", default="50", help="ResNet+BN depths ('' for none); seed 0 only")
+    parser.add_argument("--anchor-optimizers", default="kfac,adam")
+    parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
     args = parser.parse_args(argv)
     lrs = dict(LRS)
@@ -209,23 +247,26 @@ def main(argv=None) -> int:
     path = os.path.join(args.out, NAME + ".json")
     state = json.load(open(path)) if os.path.exists(path) else {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "machine": platform.processor() or
-        platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "kfac_settings": KFAC_SETTINGS,
-        "warmup_epochs": WARMUP, "epochs": args.epochs, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "runs": []}
+        platform.machine(), "cpus": os.cpu_count(), "workers": args.workers, "torch": torch.__version__,
+        "kfac_settings": KFAC_SETTINGS, "warmup_epochs": WARMUP, "lrs": lrs, "epochs": args.epochs,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "runs": []}
     if not args.report:
+        state["earlier_seconds"] = state.get("wall_seconds", 0.0)
+        state["started_at"] = time.time()
         done = {_key(r) for r in state["runs"]}
-        grid = [(m, int(d), o, lr, s) for d in args.depths.split(",") for m in args.methods.split(",")
-                for o in args.optimizers.split(",") for lr in lrs[o] for s in range(args.seeds)]
-        for i, (m, d, o, lr, s) in enumerate(grid):
-            key = f"{m}/d{d}/{o}/lr{lr:g}/s{s}"
-            if key in done:
-                continue
-            record = run(m, d, o, lr, s, args.epochs)
-            state["runs"].append(record)
-            state["wall_seconds"] = sum(r["seconds"] for r in state["runs"])
-            write_json_atomic(path, state)
-            print(f"[{i + 1}/{len(grid)}] {key}: {record['status']} val {record['val_acc']:.3f} "
-                  f"test {record['test_acc']:.3f} ({record['seconds']:.0f} s)", flush=True)
+        todo = lambda tasks: [t for t in tasks if _key(dict(zip(("method", "depth", "optimizer", "lr", "seed"),
+                                                                 t))) not in done]
+        depths = [int(d) for d in args.depths.split(",")]
+        rates = [(m, d, o, lr, 0, args.epochs) for d in depths for m in args.methods.split(",")
+                 for o in args.optimizers.split(",") for lr in lrs[o]]
+        rates += [("resnet", int(d), o, lr, 0, args.epochs) for d in filter(None, args.anchor_depths.split(","))
+                  for o in args.anchor_optimizers.split(",") for lr in lrs[o]]
+        _run_all(todo(rates), args.workers, state, path, "rates")
+        chosen = _chosen([r for r in state["runs"] if r["seed"] == 0 and r["method"] != "resnet"])
+        seeds = [(m, d, o, c["lr"], s, args.epochs) for (m, d, o), c in chosen.items() for s in range(1, args.seeds)]
+        _run_all(todo(seeds), args.workers, state, path, "seeds")
+        state.pop("started_at")
+        write_json_atomic(path, state)
     report(state, args.out)
     return 0
 

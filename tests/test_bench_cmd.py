@@ -89,6 +89,7 @@ def test_time_budget_skips_the_rest_and_keeps_valid_json(tmp_path, capsys):
     (["bench", "--dtype", "int8"], "--dtype"),
     (["bench", "--layout", "nhwc"], "--layout"),
     (["bench", "--model", "resnet-9000"], "--model"),
+    (["bench", "--optimizers", "lbfgs"], "--optimizers"),
     (["bench", "--sizes", "64G"], "--sizes"),
     (["bench", "--sizes", "8K,lots"], "--sizes"),
     (["bench", "--depth", "5"], "--depth"),
@@ -155,6 +156,43 @@ def test_vanilla_resnet_training_step(tmp_path):
     (model,) = json.loads((out / "bench.json").read_text())["model"]
     assert model["model"] == "vanilla-resnet" and model["losses_agree"] is True
     assert model["variants"]["fused"]["saved_bytes"] < model["variants"]["eager"]["saved_bytes"]
+
+
+def test_training_step_by_optimizer(tmp_path, capsys):
+    code, out = _bench(tmp_path, "--part", "model", "--optimizers", "adam,kfac-c10", "--variants",
+                       "eager,compile,fused", "--no-plots")
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "## training step by optimizer" in printed and "x step of" in printed
+    assert "note: compile with kfac-c10 not measured" in printed
+    adam, kfac = json.loads((out / "bench.json").read_text())["model"]
+    assert (adam["optimizer"], kfac["optimizer"]) == ("adam", "kfac-c10")
+    assert set(adam["variants"]) == {"eager", "compile", "fused"} and adam["variants_skipped"] == {}
+    assert set(kfac["variants"]) == {"eager", "fused"} and set(kfac["variants_skipped"]) == {"compile"}
+    for v in kfac["variants"].values():
+        assert STATS <= set(v["inverse_update"]) and v["inverse_update"]["median_ms"] > 0
+        assert v["amortized_step_ms"] == pytest.approx(v["step"]["median_ms"] + v["inverse_update"]["median_ms"] / 50)
+    # the first step (before any update) is the same forward whatever the optimizer
+    assert kfac["variants"]["fused"]["loss_first_step"] == pytest.approx(adam["variants"]["fused"]["loss_first_step"],
+                                                                         rel=1e-5)
+
+
+def test_kfac_train_step_is_one_curvature_period():
+    import torch
+
+    from tat_ext.tools import workloads
+
+    spec = workloads.model_spec("conv-chain", 13, 4, 4, 2)
+    _, model = workloads.model_pair(spec, torch.device("cpu"), torch.float32, "nchw")
+    x, y = workloads.make_batch(spec, torch.device("cpu"), torch.float32, "nchw")
+    step = workloads.make_train_step(model, x, y, optimizer="kfac-c10")
+    step()
+    assert step.steps == 10 and step.optimizer.steps == 10  # a call's time / steps is the per-step time
+    before = [f.a_inverse.clone() for f in step.optimizer.factors]
+    for f in step.optimizer.factors:
+        f.a_inverse.zero_()
+    step.refresh_inverses()  # what the inverse-update column times: every layer's inverses recomputed
+    assert all(torch.equal(a, f.a_inverse) for a, f in zip(before, step.optimizer.factors))
 
 
 def test_bench_train_goal_verdicts():

@@ -53,7 +53,7 @@ from tat_ext.utils.files import ensure_writable_dir, write_json_atomic
 from tat_ext.utils.machine import describe_device, environment
 from tat_ext.utils.progress import progress_bar
 
-__all__ = ["add_arguments", "main", "PRESETS"]
+__all__ = ["add_arguments", "main", "model_table", "optimizer_table", "PRESETS"]
 
 ACTIVATION_VARIANTS = ("eager", "compile", "fused")
 # Marks a timing whose spread (half the interquartile range) exceeds its median: not to be trusted.
@@ -100,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", help=f"model variants from {', '.join(MODEL_VARIANTS)} "
                                            "(default eager,compile,fused,fused-conv; the "
                                            "activation part runs the first three)")
+    parser.add_argument("--optimizers", default="sgd",
+                        help=f"optimizers of the training step, from {', '.join(workloads.OPTIMIZERS)} "
+                             "(default sgd; kfac-c10: K-FAC's curvature every 10 steps; K-FAC runs "
+                             "the eager variants only, its inverse update is timed apart)")
     parser.add_argument("--model",
                         help=f"model for the training step: {', '.join(workloads.MODELS)} "
                              "(default conv-chain; the gpu preset: vanilla-resnet)")
@@ -130,6 +134,7 @@ class _Settings:
     model_layouts: List[str]
     forms: List[str]
     variants: List[str]
+    optimizers: List[str]
     spec: workloads.ModelSpec
     reps: int
     min_time: float
@@ -195,7 +200,7 @@ def _settings(args: argparse.Namespace) -> _Settings:
         model_layouts=layouts if values["model_layout"] is None else _choices(
             values["model_layout"], list(workloads.LAYOUTS), "--model-layout"),
         forms=_choices(args.form, list(workloads.ACTIVATION_FORMS), "--form"),
-        variants=variants, spec=spec, reps=int(_at_least(values["reps"], "--reps")),
+        variants=variants, optimizers=_choices(args.optimizers, workloads.OPTIMIZERS, "--optimizers"), spec=spec, reps=int(_at_least(values["reps"], "--reps")),
         min_time=float(_at_least(values["min_time"], "--min-time", 0.0)),
         time_budget=args.time_budget, out=args.out, plots=not args.no_plots,
         progress=not args.no_progress)
@@ -327,21 +332,30 @@ def _speedups(ms: Dict[str, Dict[str, float]]) -> dict:
     return out
 
 
-def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str) -> dict:
+def _per_step(stats: dict, steps: int) -> dict:
+    """A timing of ``steps`` steps per call as the time per step."""
+    return {k: v / steps if k.endswith("_ms") else v for k, v in stats.items()}
+
+
+def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str, optimizer: str = "sgd") -> dict:
     device, spec = s.device, s.spec
     unfused, fused = workloads.model_pair(spec, device, dtype, layout)
     batch, target = workloads.make_batch(spec, device, dtype, layout)
     record = {"model": spec.name, "depth": spec.depth, "width": spec.width,
               "resolution": spec.resolution, "batch": spec.batch, "dtype": _name(dtype),
-              "layout": layout, "variants": {}}
+              "layout": layout, "optimizer": optimizer, "variants": {}, "variants_skipped": {}}
+    kfac = optimizer.startswith("kfac")
     for name in s.variants:
+        if kfac and name.endswith("compile"):  # its capture hooks do not run inside a compiled graph
+            record["variants_skipped"][name] = "K-FAC needs the eager model (tat_ext.optim.KFAC)"
+            continue
         base = unfused if name in ("eager", "compile") else fused
         model = copy.deepcopy(base)  # every variant starts from the same weights
         workloads.set_fused_conv(model, name == "fused-conv")
         if name.endswith("compile"):
             torch._dynamo.reset()
             model = torch.compile(model)
-        step = workloads.make_train_step(model, batch, target)
+        step = workloads.make_train_step(model, batch, target, optimizer=optimizer)
         loss = step().item()  # also the compilation, outside the timing
         t = timer(step)
         with torch.no_grad():
@@ -349,11 +363,17 @@ def _measure_model(s: _Settings, timer: Timer, dtype: torch.dtype, layout: str) 
             t_fwd = timer(lambda: model(batch))
         params = list(model.parameters())
         saved = saved_bytes(lambda: model(batch), exclude=params + [batch])
+        launches = kernel_launches(step, device)
         record["variants"][name] = {
-            "step": t.to_json(), "forward_no_grad": t_fwd.to_json(), "loss_first_step": loss,
-            "saved_bytes": saved,
+            "step": _per_step(t.to_json(), step.steps), "forward_no_grad": t_fwd.to_json(),
+            "loss_first_step": loss, "saved_bytes": saved,
             "peak_bytes": peak_memory(step, device),
-            "kernel_launches": kernel_launches(step, device)}
+            "kernel_launches": None if launches is None else launches / step.steps}
+        if kfac:  # amortized over the recipe's inverse period
+            inverse = timer(step.refresh_inverses).to_json()
+            record["variants"][name]["inverse_update"] = inverse
+            record["variants"][name]["amortized_step_ms"] = (record["variants"][name]["step"]["median_ms"]
+                                                             + inverse["median_ms"] / workloads.KFAC_INVERSE_PERIOD)
         del model, step
     record["speedup"] = _speedups({k: {"step": v["step"]["median_ms"],
                                         "forward_no_grad": v["forward_no_grad"]["median_ms"]}
@@ -454,18 +474,39 @@ def model_table(records: List[dict]) -> str:
         for name, v in r["variants"].items():
             sp = r["speedup"]
             rows.append([f"{r['model']} d{r['depth']} w{r['width']} {r['resolution']}px b{r['batch']}",
-                         r["dtype"], r["layout"], name, _ms(v["step"]),
+                         r["dtype"], r["layout"], r.get("optimizer", "sgd"), name, _ms(v["step"]),
                          _ratio(sp.get(f"{name}_vs_eager", {}).get("step")),
                          _ratio(sp.get(f"{name}_vs_compile", {}).get("step")),
                          _ms(v["forward_no_grad"]),
                          _ratio(sp.get(f"{name}_vs_eager", {}).get("forward_no_grad")),
                          _mib(v["peak_bytes"]), _mib(v["saved_bytes"]),
-                         "-" if v["kernel_launches"] is None else str(v["kernel_launches"]),
+                         "-" if v["kernel_launches"] is None else f"{v['kernel_launches']:g}",
                          f"{v['loss_first_step']:.4f}"])
     stats = [v[k] for r in records for v in r["variants"].values() for k in ("step", "forward_no_grad")]
-    return format_table(["model", "dtype", "layout", "variant", "step ms", "x eager", "x compile",
+    return format_table(["model", "dtype", "layout", "optimizer", "variant", "step ms", "x eager", "x compile",
                          "no_grad fwd ms", "fwd x eager", "peak MiB", "saved MiB", "launches",
-                         "loss"], rows, right=[False] * 4 + [True] * 9) + _noisy_note(stats)
+                         "loss"], rows, right=[False] * 5 + [True] * 9) + _noisy_note(stats)
+
+
+def optimizer_table(records: List[dict]) -> str:
+    """Per (dtype, layout, variant): each optimizer's step time, K-FAC's inverse update and its
+    step amortized over the inverse period, and the ratio to Adam's step (or the first listed)."""
+    groups: Dict[tuple, Dict[str, dict]] = {}
+    for r in records:
+        for name, v in r["variants"].items():
+            groups.setdefault((r["dtype"], r["layout"], name), {})[r.get("optimizer", "sgd")] = v
+    rows = []
+    for (dtype, layout, name), by_opt in groups.items():
+        base_name = "adam" if "adam" in by_opt else next(iter(by_opt))
+        base = by_opt[base_name]["step"]["median_ms"]
+        for opt, v in by_opt.items():
+            amortized = v.get("amortized_step_ms", v["step"]["median_ms"])
+            rows.append([dtype, layout, name, opt, _ms(v["step"]),
+                         _ms(v["inverse_update"]) if "inverse_update" in v else "-", f"{amortized:.3f}",
+                         f"{amortized / base:.2f} ({base_name})" if base > 0 else "-"])
+    return format_table(["dtype", "layout", "variant", "optimizer", "step ms", "inverse update ms",
+                         f"amortized ms (inverse every {workloads.KFAC_INVERSE_PERIOD})", "x step of"], rows,
+                        right=[False] * 4 + [True] * 4)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -485,7 +526,8 @@ def main(args: argparse.Namespace) -> int:
     say("# command: " + " ".join([f"{k}={v}" for k, v in _malloc_env().items()] + [command]))
     configs = []  # the training step first: a time budget should cut activation sizes instead
     if "model" in s.parts:
-        configs += [("model", None, d, l, None) for d in s.model_dtypes for l in s.model_layouts]
+        configs += [("model", o, d, l, None) for d in s.model_dtypes for l in s.model_layouts
+                    for o in s.optimizers]
     if "overhead" in s.parts:
         configs += [("overhead", None, torch.float32, "-", n) for n in OVERHEAD_SIZES]
     if "activation" in s.parts:
@@ -495,8 +537,8 @@ def main(args: argparse.Namespace) -> int:
     with progress_bar(total=len(configs), desc="bench", unit="config", disable=not s.progress) as bar:
         for part, form, dtype, layout, size in configs:
             what = (f"overhead {human_count(size)}" if part == "overhead" else
-                    f"{part} {form or s.spec.name} {_name(dtype)} {layout}" + (
-                        f" {human_count(size)}" if size else ""))
+                    f"model {s.spec.name} {_name(dtype)} {layout}" + (f" {form}" if len(s.optimizers) > 1 else "")
+                    if part == "model" else f"{part} {form} {_name(dtype)} {layout} {human_count(size)}")
             if s.time_budget is not None and time.perf_counter() - start > s.time_budget:
                 results.doc["skipped"].append(what)
                 bar.update()
@@ -509,7 +551,7 @@ def main(args: argparse.Namespace) -> int:
                 elif part == "overhead":
                     results.doc["overhead"].append(overhead.measure(s.device, size, dtype))
                 else:
-                    results.doc["model"].append(_measure_model(s, timer, dtype, layout))
+                    results.doc["model"].append(_measure_model(s, timer, dtype, layout, form))
             except torch.OutOfMemoryError:
                 raise UsageError("--sizes" if part == "activation" else "--batch",
                                  f"out of memory at {what} (what was measured before is in "
@@ -551,6 +593,15 @@ def _print_report(doc: dict, say) -> None:
             "speed-up against eager and torch.compile, peak memory above the weights and batch, "
             "saved-for-backward MiB, kernel launches (CUDA), first-step loss (same weights)")
         say(model_table(doc["model"]))
+        if len({r.get("optimizer", "sgd") for r in doc["model"]}) > 1:
+            say()
+            say("## training step by optimizer: K-FAC's step (curvature every step, or every 10 for kfac-c10) "
+                "without its inverse update, the inverse update of all layers, and the step amortized over "
+                f"{workloads.KFAC_INVERSE_PERIOD} steps; x = amortized step / the named optimizer's step")
+            say(optimizer_table(doc["model"]))
+        for r in doc["model"]:
+            for name, why in r.get("variants_skipped", {}).items():
+                say(f"note: {name} with {r['optimizer']} not measured: {why}")
         for r in doc["model"]:
             if not r["losses_agree"]:
                 say(f"WARNING: first-step losses differ between variants ({r['dtype']}, "

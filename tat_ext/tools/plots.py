@@ -64,7 +64,8 @@ def _train_step(doc: dict, path: str) -> str:
     fig, (ax_t, ax_s, ax_p) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     variants = list(dict.fromkeys(v for r in records for v in r["variants"]))
     width = 0.8 / len(variants)
-    labels = [f"{r['dtype']}\n{r['layout']}" for r in records]
+    labels = [f"{r['dtype']}\n{r['layout']}" + (f"\n{r['optimizer']}" if r.get("optimizer", "sgd") != "sgd" else "")
+              for r in records]
     for i, name in enumerate(variants):
         xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(records))]
         per = [r["variants"].get(name, {}) for r in records]

@@ -27,12 +27,14 @@ from tat_ext.models.common import stage_plan
 from tat_ext.models.layers import EagerTReLU
 from tat_ext.models.vanilla_resnet import vanilla_resnet
 from tat_ext.nn import TATConv2d
+from tat_ext.optim.kfac import KFAC
+from tat_ext.optim.step import classification_step
 from tat_ext.tools.common import UsageError
 from tat_ext.transform import solve_trelu
 
 __all__ = ["ACTIVATION_FORMS", "LAYOUTS", "MODELS", "ActivationForm", "activation_shape",
            "activation_variants", "ModelSpec", "ConvChain", "build_model", "model_pair",
-           "make_batch", "set_fused_conv", "make_train_step", "model_bytes_estimate",
+           "make_batch", "set_fused_conv", "make_train_step", "TrainStep", "OPTIMIZERS", "KFAC_INVERSE_PERIOD", "model_bytes_estimate",
            "activation_bytes_estimate", "check_fits", "sizes_from_text", "model_spec", "MODEL_DEFAULTS"]
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -209,19 +211,61 @@ def make_batch(spec: ModelSpec, device: torch.device, dtype: torch.dtype, layout
     return x, target.to(device)
 
 
-def make_train_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor,
-                    lr: float = 1e-3) -> Callable[[], torch.Tensor]:
-    """One SGD-with-momentum step on (batch, target); returns the loss (not synchronized)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+OPTIMIZERS = ("sgd", "adam", "kfac", "kfac-c10")
+# K-FAC's curvature period per name; the damped inverses are timed apart (TrainStep.refresh_inverses)
+# and amortized over the recipe's inverse period (docs/kfac.md).
+_KFAC_CURVATURE_PERIOD = {"kfac": 1, "kfac-c10": 10}
+KFAC_INVERSE_PERIOD = 50
 
-    def step() -> torch.Tensor:
+
+@dataclasses.dataclass
+class TrainStep:
+    """``steps`` training steps per call (a K-FAC curvature period, so a call's time divided by
+    ``steps`` is the amortized step without the inverse updates); returns the first step's loss."""
+
+    run: Callable[[], torch.Tensor]
+    steps: int
+    optimizer: torch.optim.Optimizer
+
+    def __call__(self) -> torch.Tensor:
+        return self.run()
+
+    def refresh_inverses(self) -> None:
+        """K-FAC: recompute every layer's damped inverses (what an inverse update costs)."""
+        for factors in self.optimizer.factors:
+            factors.invert(self.optimizer.damping)
+
+
+def make_train_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor,
+                    lr: float = 1e-3, optimizer: str = "sgd") -> TrainStep:
+    """Training steps on (batch, target) with ``optimizer`` (one of OPTIMIZERS): "sgd" (momentum
+    0.9, rate ``lr``), "adam" (rate 1e-4), "kfac"/"kfac-c10" (tat_ext.optim.KFAC with the MC Fisher
+    and curvature every step / every 10 steps, rate 1e-5, no burn-in; its inverses are computed on
+    the first step and then only by ``refresh_inverses``). The loss is not synchronized."""
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    elif optimizer in _KFAC_CURVATURE_PERIOD:
+        opt = KFAC(model, 1e-5, curvature_update_period=_KFAC_CURVATURE_PERIOD[optimizer],
+                   inverse_update_period=10 ** 9, burnin_steps=0)
+    else:
+        raise UsageError("--optimizers", f"unknown optimizer {optimizer!r}; one of {', '.join(OPTIMIZERS)}")
+    steps = _KFAC_CURVATURE_PERIOD.get(optimizer, 1)
+
+    def run() -> torch.Tensor:
+        losses = [classification_step(model, opt, batch, target) if isinstance(opt, KFAC) else _sgd_like_step()
+                  for _ in range(steps)]
+        return losses[0]
+
+    def _sgd_like_step() -> torch.Tensor:
         loss = F.cross_entropy(model(batch).float(), target)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    return step
+    return TrainStep(run, steps, opt)
 
 
 def model_bytes_estimate(spec: ModelSpec, itemsize: int) -> int:
