@@ -179,6 +179,33 @@ def test_kfac_trains_a_vanilla_tat_net_on_the_digits():
     assert result.test_acc > 0.5             # chance: 0.1
 
 
+SOAP = ["--optimizer", "soap", "--lr", "3e-3"]
+
+
+def test_soap_trains_and_resumes_bitwise(tmp_path):
+    """--optimizer soap (heavyball.SOAP): above chance in 3 epochs, and its state is in the
+    checkpoint, so a run killed mid-epoch and resumed ends with bitwise the uninterrupted weights."""
+    pytest.importorskip("heavyball")  # in requirements.txt; optional for the package itself
+    config = TrainConfig(model="vanilla_mlp", depth=13, width=32, epochs=3, batch_size=64, optimizer="soap", lr=3e-3)
+    assert train(config, progress=False, verbose=False).test_acc > 0.5  # chance: 0.1
+    args = TINY + ["--batch-size", "32", "--epochs", "2"] + SOAP
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    reference = _start_and_kill(args, whole, killed)
+    resumed = _cli(args + ["--out", killed, "--resume"])
+    for p in (reference, resumed):
+        assert p.wait(timeout=300) == 0, p.communicate()
+    _assert_bitwise_equal(_model_state(killed), _model_state(whole))
+    assert [r["train_loss"] for r in _rows(killed)] == [r["train_loss"] for r in _rows(whole)]
+
+
+def test_soap_without_heavyball_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "heavyball", None)  # import fails as if not installed
+    assert cli.main(["train", *TINY, "--optimizer", "soap", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--optimizer" in err and "heavyball" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_atomic_write_survives_sigkill_mid_write(tmp_path):
     """A process killed while writing leaves the previous file intact."""
     path = tmp_path / "checkpoint.pt"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from tat_ext.datasets.core import ImageData
 from tat_ext.models.common import StagePlan
 from tat_ext.models.registry import ModelRequest, get_model_spec
-from tat_ext.train.config import TrainConfig
+from tat_ext.train.config import TrainConfig, TrainError
 
 __all__ = ["WarmupCosine", "build_model", "build_optimizer", "build_schedule"]
 
@@ -53,9 +54,9 @@ def build_model(config: TrainConfig, data: ImageData,
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay; plain Adam when it is 0), SGD with Nesterov momentum 0.9, or
+    """AdamW (decoupled weight decay; plain Adam when it is 0), SGD with Nesterov momentum 0.9,
     K-FAC (:class:`tat_ext.optim.KFAC` with the ``kfac_*`` settings; ``weight_decay`` is then an L2
-    term, and the MC labels are keyed to ``seed``)."""
+    term, and the MC labels are keyed to ``seed``) or SOAP (``heavyball.SOAP``, see :func:`_soap`)."""
     if config.optimizer == "kfac":
         from tat_ext.optim.kfac import KFAC
 
@@ -64,10 +65,33 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                     inverse_update_period=config.kfac_inverse_period, burnin_steps=config.kfac_burnin,
                     norm_constraint=config.kfac_norm_constraint, fisher=config.kfac_fisher,
                     weight_decay=config.weight_decay, seed=config.seed)
+    if config.optimizer == "soap":
+        return _soap(config, model)
     params = model.parameters()
     if config.optimizer == "adam":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+
+
+def _soap(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """heavyball.SOAP with its own defaults except the rate and decoupled weight decay (ours:
+    default 0, heavyball's 0.01). On a CPU-only run heavyball's torch.compile of the update is
+    turned off (``heavyball.utils.compile_mode = None``, a process-wide switch): inductor's CPU
+    autotuning took minutes per parameter shape here, the eager update about one Adam step.
+
+    Raises:
+        TrainError: heavyball is not installed (named under --optimizer).
+    """
+    try:
+        import heavyball
+    except ImportError:
+        raise TrainError("--optimizer", "soap needs the heavyball package: pip install 'heavyball==3.2.*'") from None
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        heavyball.utils.compile_mode = None
+    # our LR schedulers change the rate every step, which heavyball supports with multi_tensor=True
+    # (its default) but warns about on every run
+    warnings.filterwarnings("ignore", message="Learning rate changed between steps", module="heavyball")
+    return heavyball.SOAP(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 class WarmupCosine:

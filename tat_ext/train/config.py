@@ -19,12 +19,12 @@ from tat_ext.utils.parsing import comma_list
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Diverged", "TrainConfig", "TrainError", "add_arguments", "as_train_error",
            "flag_of", "from_args"]
 
-OPTIMIZERS = ("adam", "sgd", "kfac")
+OPTIMIZERS = ("adam", "sgd", "kfac", "soap")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("small", "imagenet")
 
 # Defaults that train the embedded digits (measured; README "Choosing the training settings").
-_DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3, "kfac": 1e-4}  # kfac: bench/results/kfac_depth.md
+_DEFAULT_LR = {"adam": 3e-4, "sgd": 3e-3, "kfac": 1e-4, "soap": 3e-4}  # kfac: bench/results/kfac_depth.md
 _DEFAULT_WARMUP = {"kfac": 1}  # epochs; the others 0
 _DEFAULT_ETA = 0.9
 
@@ -139,14 +139,16 @@ class TrainConfig:
     loader_workers: int = _setting("--loader-workers", 0, "data", "processes that read and augment batches "
                                                                  "(default 0: the training process)", type=int)
     optimizer: str = _setting("--optimizer", "adam", "optimization",
-                              "adam (AdamW: decoupled weight decay), sgd (Nesterov momentum 0.9) or kfac "
-                              "(tat_ext.optim.KFAC, the TAT paper's; settings: the --kfac-* flags)",
+                              "adam (AdamW: decoupled weight decay), sgd (Nesterov momentum 0.9), kfac "
+                              "(tat_ext.optim.KFAC, the TAT paper's; settings: the --kfac-* flags) or soap "
+                              "(heavyball.SOAP, the package's defaults; needs heavyball)",
                               choices=OPTIMIZERS)
     lr: Optional[float] = _setting("--lr", None, "optimization",
-                                   "peak learning rate (default 3e-4 for adam, 3e-3 for sgd, 1e-4 for kfac)",
+                                   "peak learning rate (default 3e-4 for adam and soap, 3e-3 for sgd, 1e-4 for kfac)",
                                    type=float)
     weight_decay: float = _setting("--weight-decay", 0.0, "optimization",
-                                   "decoupled weight decay; for kfac an L2 term added to the gradient (default 0)",
+                                   "decoupled weight decay (adam, soap); for kfac an L2 term added to the gradient "
+                                   "(default 0)",
                                    type=float)
     label_smoothing: float = _setting("--label-smoothing", 0.0, "optimization",
                                       "label smoothing of the cross-entropy (default 0)", type=float)
