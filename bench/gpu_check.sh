@@ -169,13 +169,13 @@ fi
 
 # ---- benchmark: tat-ext bench's gpu preset, in two runs so that neither starves the other:
 # the fixed cost per call and the activation at 64-256 MB (fp32/bf16, both layouts, each timed
-# against a same-size copy), then the training step of a vanilla TAT ResNet-50. Each JSON is
+# against a same-size copy), then the training step of a vanilla TAT ResNet-50 (SGD, Adam, K-FAC). Each JSON is
 # rewritten after every configuration; report.txt duplicates bench.log and is dropped (OUTDIR
 # holds at most 8 files).
-bench_run() {  # NAME PARTS BUDGET_S
+bench_run() {  # NAME PARTS BUDGET_S [MORE BENCH OPTIONS]
   rm -rf "$out/$1"
   "$py" -m tat_ext bench --device cuda --preset gpu --part "$2" --time-budget "$3" \
-    --no-progress --no-plots --out "$out/$1"
+    --no-progress --no-plots --out "$out/$1" "${@:4}"
   local rc=$?
   rm -f "$out/$1/report.txt"
   return $rc
@@ -185,8 +185,10 @@ export out py
 if [ $built -eq 0 ] || [ "$dry" = "1" ] || [ "$build_only" = "1" ]; then
   run_step bench bench.log bash -c 'bench_run "$@"' bench bench overhead,activation \
     $((limit[bench] - 20))
+  # SGD's step first, then Adam's and K-FAC's (curvature every 10 steps; issue 14's cost) while
+  # the time budget lasts
   run_step bench_model bench.log bash -c 'bench_run "$@"' bench model model \
-    $((limit[bench_model] - 25))
+    $((limit[bench_model] - 25)) --optimizers sgd,adam,kfac-c10
 fi
 
 write_summary

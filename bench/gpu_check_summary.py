@@ -107,11 +107,18 @@ def bench_lines(text: str) -> list[str]:
                          f"{v['fused']['fwd_us']:.1f} | {v['eager']['fwdbwd_us']:.1f} | "
                          f"{v['fused']['fwdbwd_us']:.1f} | "
                          f"{'met' if not missed else 'MISSED: ' + '; '.join(missed)} |")
+    adam = {(m["dtype"], m["layout"]): m for m in bench.get("model", []) if m.get("optimizer") == "adam"}
     for m in bench.get("model", []):
-        step = {k: v["step"]["median_ms"] for k, v in m["variants"].items()}
-        lines.append(f"\nmodel {m['model']} depth {m['depth']} ({m['dtype']}, {m['layout']}): step "
+        optimizer = m.get("optimizer", "sgd")
+        step = {k: v.get("amortized_step_ms", v["step"]["median_ms"]) for k, v in m["variants"].items()}
+        lines.append(f"\nmodel {m['model']} depth {m['depth']} ({m['dtype']}, {m['layout']}, {optimizer}): step "
                      + ", ".join(f"{k} {v:.2f} ms" for k, v in step.items()))
-        if m["model"] == "vanilla-resnet" and m["depth"] == 50:  # issue 7's training-step goals
+        base = adam.get((m["dtype"], m["layout"]))
+        if optimizer == "kfac-c10" and base:  # issue 14's goal at curvature period 10: <= 1.5x Adam's step
+            lines += [f"- {name}: {ms / base['variants'][name]['step']['median_ms']:.2f}x Adam's step "
+                      f"(inverses amortized over 50 steps; goal <= 1.5x)"
+                      for name, ms in step.items() if name in base["variants"]]
+        if m["model"] == "vanilla-resnet" and m["depth"] == 50 and optimizer == "sgd":  # issue 7's goals
             lines += [f"- {'met' if met else 'MISSED'}: {goal}: {measured}"
                       for goal, measured, met in _bench_train().verdicts("resnet50", m, "cuda")]
     if not bench.get("complete", True):
