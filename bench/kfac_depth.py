@@ -4,15 +4,20 @@ TAT (TReLU) vs Edge-of-Chaos ReLU vanilla nets (tat_ext.train.sweep's depth plan
 trained with each optimizer at each rate; every run trains on the training split minus the
 held-out validation part (tat_ext.datasets.validation_split) and records validation and test
 accuracy after every epoch, so accuracy can be read against steps. The rate reported per
-(method, depth, optimizer) is the one with the best mean final validation accuracy (the sweep's
-rule); its test accuracy is that of the same runs.
+(method, depth, optimizer) is the one whose seed-0 run has the best final validation accuracy;
+its test accuracy is that of the same runs (all seeds).
 
-Each finished run is appended to OUT/kfac_depth.json at once (atomic rewrite); running the same
-command again skips finished runs. ``--report`` only rewrites OUT/kfac_depth.{md,png} from it.
+Two phases on ``--workers`` processes (one torch thread each): every rate with seed 0; then, per
+(method, depth, optimizer), the rate seed 0 chose with seeds 1 … ``--seeds``−1. ResNet+BN (the
+anchor) runs at ``--anchor-depths`` with seed 0 only. Each finished run is appended to
+OUT/kfac_depth.json at once (atomic rewrite); running the same command again skips finished runs.
+A run whose loss turns non-finite or whose K-FAC factors cannot be inverted is recorded as
+diverged. ``--report`` only rewrites OUT/kfac_depth.{md,png} from the JSON (and appends
+OUT/kfac_depth_notes.md, the reading, when present).
 
-Example (the committed bench/results/kfac_depth.*)::
+Example (the committed bench/results/kfac_depth.*; 2 workers on the 2-core machine)::
 
-    OMP_NUM_THREADS=1 python bench/kfac_depth.py --out bench/results --depths 50,100 --seeds 1
+    OMP_NUM_THREADS=1 python bench/kfac_depth.py --out bench/results --depths 50,100,200 --seeds 3
 """
 from __future__ import annotations
 

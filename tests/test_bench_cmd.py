@@ -213,3 +213,21 @@ def test_bench_train_goal_verdicts():
     assert [met for *_, met in bench_train.verdicts("digits99", record, "cpu")] == [True]
     record["variants"]["fused"]["step"] = step(9.5)
     assert [met for *_, met in bench_train.verdicts("digits99", record, "cpu")] == [False]
+
+
+def test_kfac_depth_chooses_the_rate_on_seed_0_and_reports_every_seed_of_it():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "bench" / "kfac_depth.py"
+    spec = importlib.util.spec_from_file_location("kfac_depth", path)
+    kfac_depth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kfac_depth)
+    run = lambda lr, seed, val: {"method": "trelu", "depth": 50, "optimizer": "kfac", "lr": lr,  # noqa: E731
+                                 "seed": seed, "val_acc": val}
+    # seed 0 prefers 1e-4; the extra seeds of 1e-4 are worse than 3e-4's single run: still 1e-4
+    records = [run(1e-4, 0, 0.9), run(3e-4, 0, 0.8), run(1e-4, 1, 0.5), run(1e-4, 2, 0.6)]
+    (chosen,) = kfac_depth._chosen(records).values()
+    assert chosen["lr"] == 1e-4 and [r["seed"] for r in chosen["runs"]] == [0, 1, 2]
+    (tie,) = kfac_depth._chosen([run(1e-4, 0, 0.9), run(3e-4, 0, 0.9)]).values()
+    assert tie["lr"] == 1e-4  # ties: the smaller rate
