@@ -156,9 +156,10 @@ def report(state: Dict[str, Any], out: str) -> None:
     label = {"kfac": "K-FAC", "sgd": "SGD-Nesterov", "adam": "Adam", "soap": "SOAP",
              "sgd-head": f"SGD-Nesterov, head rate x{HEAD_SCALE:g}"}
     lines = [f"# {NAME}: TAT vs EOC ReLU with K-FAC, SGD (Nesterov, warm-up) and Adam on the digits", "",
-             f"Command: `{state['command']}`  ", f"Machine: {state['machine']}, {state['cpus']} CPUs, {state.get('workers', 1)} worker process(es), "
-             f"torch {state['torch']}; started {state['started']}; {state.get('wall_seconds', 0) / 60:.1f} min of "
-             f"training in {len(state['runs'])} runs.  ",
+             f"Command: `{state['command']}`  ", *(f"Merged (seed 0 only): `{c}`  " for c in state.get("merged", [])),
+             f"Machine: {state['machine']}, {state['cpus']} CPUs, {state.get('workers', 1)} worker process(es), "
+             f"torch {state['torch']}; started {state['started']}; the main command took "
+             f"{state.get('wall_seconds', 0) / 60:.1f} min (wall); {len(state['runs'])} runs in all.  ",
              f"K-FAC settings: {state['kfac_settings']}; warm-up epochs {state['warmup_epochs']}; "
              f"{state['epochs']} epochs of batch 128.", "",
              "| depth | method | optimizer | rate (chosen) | val acc % | test acc % | every rate: final val acc % |",
@@ -199,6 +200,9 @@ def _plot(chosen: Dict[tuple, Dict[str, Any]], path: str, label: Dict[str, str])
     for i, m in enumerate(methods):
         for j, d in enumerate(depths):
             ax = axes[i][j]
+            if not any((m, d, o) in chosen for o in label):
+                ax.axis("off")  # e.g. the ResNet+BN anchor, run at one depth only
+                continue
             for o in ("kfac", "sgd", "adam", "soap", "sgd-head"):
                 c = chosen.get((m, d, o))
                 if c is None:
@@ -259,6 +263,8 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor-optimizers", default="kfac,adam")
     parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
+    parser.add_argument("--merge", default="", help="comma-separated kfac_depth.json files of other runs (e.g. "
+                        "--optimizers soap) to add to OUT's before the report; implies --report")
     args = parser.parse_args(argv)
     lrs = dict(LRS)
     for item in filter(None, args.lrs.split(",")):
@@ -271,6 +277,16 @@ def main(argv=None) -> int:
         platform.machine(), "cpus": os.cpu_count(), "workers": args.workers, "torch": torch.__version__,
         "kfac_settings": KFAC_SETTINGS, "warmup_epochs": WARMUP, "lrs": lrs, "epochs": args.epochs,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "runs": []}
+    if args.merge:
+        args.report = True
+        done = {_key(r) for r in state["runs"]}
+        for other in args.merge.split(","):
+            with open(other) as f:
+                extra = json.load(f)
+            state["runs"] += [dict(r, merged_from=extra["command"]) for r in extra["runs"] if _key(r) not in done]
+            state.setdefault("merged", []).append(extra["command"])
+        state["warmup_epochs"] = WARMUP
+        write_json_atomic(path, state)
     if not args.report:
         state["earlier_seconds"] = state.get("wall_seconds", 0.0)
         state["started_at"] = time.time()
