@@ -20,7 +20,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -41,10 +41,11 @@ def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     return lambda: classification_step(model, opt, x, y)
 
 
-def measure(net: str, steps: int, warmup: int, inverse_period: int = 50) -> Dict[str, Any]:
-    """Adam and K-FAC (curvature every step, every 10) on one model shape and batch, their steps
-    interleaved (one of each in turn), so load changes on a shared machine hit all three alike."""
-    kwargs, batch, side, channels = NETS[net]
+def measure(net: str, steps: int, warmup: int, inverse_period: int = 50, batch: Optional[int] = None) -> Dict[str, Any]:
+    """Adam and K-FAC (curvature every step, every 10) on one model shape and batch (default: the
+    net's), their steps interleaved (one of each in turn), so load changes hit all three alike."""
+    kwargs, default_batch, side, channels = NETS[net]
+    batch = batch or default_batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, side, side, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
@@ -87,8 +88,8 @@ def write_report(meta: Dict[str, Any], out: str) -> str:
     atomic_write(out, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     lines = ["# K-FAC step time against Adam (CPU)", "", *(f"Command: `{c}`  " for c in meta["commands"]),
              f"Machine: {meta['machine']}; {meta['threads']} torch thread(s); torch {meta['torch']}; {meta['date']}. "
-             "The three optimizers of a row were timed in one process, their steps interleaved; the machine was "
-             "shared with other jobs (load average 2-10), so compare the ratios, not the absolute times. "
+             "The three optimizers of a row were timed in one process, their steps interleaved, so load changes "
+             "hit all three alike: compare the ratios rather than the absolute times. "
              "Goal of issue 14: at most 1.5x Adam at curvature period 10 and inverse period 50.",
              "", "| net | batch | Adam ms | K-FAC, curvature every step: ms (×Adam) | curvature every 10: ms (×Adam) "
                  "| one inverse update ms | curvature 10 + inverses 50, amortized: ms (×Adam) |",
@@ -114,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--nets", default=",".join(NETS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, help="one batch size for every net (default: each net's)")
     parser.add_argument("--merge", help="only combine these JSON files of earlier runs (comma-separated) into --out")
     args = parser.parse_args(argv)
     if args.merge:
@@ -124,11 +126,13 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for net in args.nets.split(","):
-        rows.append(measure(net, args.steps, args.warmup))
+        rows.append(measure(net, args.steps, args.warmup, batch=args.batch))
         print(json.dumps(rows[-1]), flush=True)
     command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python bench/kfac_cost.py --nets {args.nets} "
-               f"--steps {args.steps} --warmup {args.warmup}")
-    meta = {"commands": [command], "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
+               f"--steps {args.steps} --warmup {args.warmup}" + (f" --batch {args.batch}" if args.batch else ""))
+    load = os.getloadavg()[0]
+    meta = {"commands": [command], "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} "
+                                              "at the end of the run",
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
     print(write_report(meta, args.out))
