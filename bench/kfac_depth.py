@@ -57,6 +57,7 @@ WARMUP = {"kfac": 1, "sgd": 2, "adam": 0, "soap": 0, "sgd-head": 2}  # epochs
 # flatten head has 16,384 inputs, so its curvature is ~30-250x a body layer's (fan-in 64-577):
 # plain SGD's stable rate is set by the head (a probe of what SGD needs at this scale).
 HEAD_SCALE = 0.01
+COLORS = {"kfac": "C0", "sgd": "C1", "adam": "C2", "soap": "C3", "sgd-head": "C4"}
 
 
 def _config(method: str, depth: int, optimizer: str, lr: float, seed: int, epochs: int) -> TrainConfig:
@@ -64,7 +65,8 @@ def _config(method: str, depth: int, optimizer: str, lr: float, seed: int, epoch
     m = METHODS[method]
     eta = trelu_eta(layers_of(blocks)) if m.activation == "trelu" else None
     return TrainConfig(model=m.model, depth=layers_of(blocks) + 1, blocks=blocks, activation=m.activation, eta=eta,
-                       optimizer={"kfac": "adam", "sgd-head": "sgd"}.get(optimizer, optimizer), lr=lr, seed=seed, epochs=epochs,
+                       optimizer={"kfac": "adam", "sgd-head": "sgd"}.get(optimizer, optimizer), lr=lr, seed=seed,
+                       epochs=epochs,
                        warmup_epochs=WARMUP[optimizer], batch_size=128, device="cpu").resolved()
 
 
@@ -203,14 +205,14 @@ def _plot(chosen: Dict[tuple, Dict[str, Any]], path: str, label: Dict[str, str])
             if not any((m, d, o) in chosen for o in label):
                 ax.axis("off")  # e.g. the ResNet+BN anchor, run at one depth only
                 continue
-            for o in ("kfac", "sgd", "adam", "soap", "sgd-head"):
+            for o in COLORS:
                 c = chosen.get((m, d, o))
                 if c is None:
                     continue
                 for k, r in enumerate(c["runs"]):
                     steps = [0] + [h["step"] for h in r["history"]]
                     acc = [0.1] + [100 * h["val_acc"] / 100 for h in r["history"]]
-                    ax.plot(steps, [100 * a for a in acc], color={"kfac": "C0", "sgd": "C1", "adam": "C2", "soap": "C3", "sgd-head": "C4"}[o],
+                    ax.plot(steps, [100 * a for a in acc], color=COLORS[o],
                             label=f"{label[o]} lr {c['lr']:g}" if k == 0 else None, alpha=0.8)
             ax.set_title(f"{METHODS[m].label}, depth {d}")
             ax.set_xlabel("step")

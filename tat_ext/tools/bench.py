@@ -200,7 +200,8 @@ def _settings(args: argparse.Namespace) -> _Settings:
         model_layouts=layouts if values["model_layout"] is None else _choices(
             values["model_layout"], list(workloads.LAYOUTS), "--model-layout"),
         forms=_choices(args.form, list(workloads.ACTIVATION_FORMS), "--form"),
-        variants=variants, optimizers=_choices(args.optimizers, workloads.OPTIMIZERS, "--optimizers"), spec=spec, reps=int(_at_least(values["reps"], "--reps")),
+        variants=variants, optimizers=_choices(args.optimizers, workloads.OPTIMIZERS, "--optimizers"),
+        spec=spec, reps=int(_at_least(values["reps"], "--reps")),
         min_time=float(_at_least(values["min_time"], "--min-time", 0.0)),
         time_budget=args.time_budget, out=args.out, plots=not args.no_plots,
         progress=not args.no_progress)
@@ -524,7 +525,9 @@ def main(args: argparse.Namespace) -> int:
     say(f"# tat-ext bench on {results.doc['device']}; tat_ext {env['tat_ext']}, torch {env['torch']}, "
         f"python {env['python']}")
     say("# command: " + " ".join([f"{k}={v}" for k, v in _malloc_env().items()] + [command]))
-    configs = []  # the training step first: a time budget should cut activation sizes instead
+    # (part, form, dtype, layout, size); form: the activation's form, or the training step's optimizer.
+    # The training step first: a time budget should cut activation sizes instead.
+    configs = []
     if "model" in s.parts:
         configs += [("model", o, d, l, None) for d in s.model_dtypes for l in s.model_layouts
                     for o in s.optimizers]

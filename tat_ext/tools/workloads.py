@@ -34,7 +34,8 @@ from tat_ext.transform import solve_trelu
 
 __all__ = ["ACTIVATION_FORMS", "LAYOUTS", "MODELS", "ActivationForm", "activation_shape",
            "activation_variants", "ModelSpec", "ConvChain", "build_model", "model_pair",
-           "make_batch", "set_fused_conv", "make_train_step", "TrainStep", "OPTIMIZERS", "KFAC_INVERSE_PERIOD", "model_bytes_estimate",
+           "make_batch", "set_fused_conv", "make_train_step", "TrainStep", "OPTIMIZERS", "KFAC_INVERSE_PERIOD",
+           "model_bytes_estimate",
            "activation_bytes_estimate", "check_fits", "sizes_from_text", "model_spec", "MODEL_DEFAULTS"]
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
